@@ -1,0 +1,107 @@
+"""OpponentGenerationCallback: makes θ_t the opponent at the start of each iteration.
+
+At the first epoch of iteration t (epochs are grouped E per iteration) it
+1. generates y' for every training prompt with the current policy θ_t
+   (each rank its shard of the prompts; results gathered so every rank holds
+   the whole store),
+2. in the same no-grad pass scores lp_θt(y|x) and lp_θt(y'|x), including the
+   older opponents kept by `history`, so no reference model is ever held,
+3. writes the iteration's pairs to `output_dir/selfplay/iter_{t}.jsonl`.
+
+The trainer saves the store beside every checkpoint. On resume it loads that
+store first, and this callback sees the iteration is already in place and
+does not regenerate (regenerating would make the half-trained model the
+opponent).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from transformers import TrainerCallback
+
+from .generation import generate_responses, score_responses
+from .opponent import USABLE, Opponent, classify
+
+
+def iteration_of_epoch(epoch: float, epochs_per_iteration: int) -> int:
+    # state.epoch is a float (1.5 when resuming mid-epoch); the tiny offset
+    # absorbs float error in values like 2.9999999.
+    return int(math.floor(epoch + 1e-6)) // epochs_per_iteration
+
+
+class OpponentGenerationCallback(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        sp = self.trainer.selfplay_config
+        iteration = iteration_of_epoch(state.epoch or 0.0, sp.epochs_per_iteration)
+        if iteration >= sp.iterations:
+            return
+        if self.trainer.opponents.iteration != iteration:
+            refresh_opponents(self.trainer, iteration)
+
+
+def refresh_opponents(trainer, iteration: int) -> None:
+    """Generate and score iteration `iteration`'s opponents; install them on all ranks."""
+    from accelerate.utils import gather_object
+    from trl.models import unwrap_model_for_generation
+
+    sp = trainer.selfplay_config
+    gen = sp.generation
+    store = trainer.opponents
+    accelerator = trainer.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    shard = list(range(rank, len(store), world))
+    prompts = [store.prompts[i] for i in shard]
+    reals = [store.reals[i] for i in shard]
+    tokenizer = trainer.processing_class
+    pad_id = trainer.pad_token_id
+    eos_ids = trainer.eos_token_ids
+
+    with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as model:
+        generated = generate_responses(
+            model,
+            prompts,
+            pad_token_id=pad_id,
+            eos_token_ids=eos_ids,
+            max_new_tokens=gen.max_new_tokens,
+            do_sample=gen.do_sample,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            batch_size=gen.batch_size,
+            seed=(trainer.args.seed + 1_000_003 * (iteration + 1) + rank) % 2**63,
+            show_progress=accelerator.is_main_process,
+        )
+        pools = []
+        for i, real, (tokens, truncated) in zip(shard, reals, generated):
+            new = Opponent(iteration, tokens, truncated, classify(tokens, real, eos_ids))
+            pools.append(store.retained(i, iteration) + [new])
+        # Score y (once) and every pooled y' under θ_t; one flat batched pass.
+        flat = [(k, o) for k, pool in enumerate(pools) for o in pool if o.status == USABLE]
+        scores = score_responses(
+            model,
+            prompts + [prompts[k] for k, _ in flat],
+            reals + [o.tokens for _, o in flat],
+            pad_token_id=pad_id,
+            batch_size=gen.batch_size,
+        )
+    ref_real = scores[: len(shard)]
+    for (_, opponent), score in zip(flat, scores[len(shard) :]):
+        opponent.ref_logp = score
+
+    gathered = gather_object([(shard, ref_real, pools)]) if world > 1 else [(shard, ref_real, pools)]
+    all_ref_real = [0.0] * len(store)
+    all_pools: list[list[Opponent]] = [[] for _ in range(len(store))]
+    for part_shard, part_ref, part_pools in gathered:
+        for i, ref, pool in zip(part_shard, part_ref, part_pools):
+            all_ref_real[i] = ref
+            all_pools[i] = pool
+    store.set_iteration(iteration, all_ref_real, all_pools)
+
+    if accelerator.is_main_process:
+        path = os.path.join(trainer.args.output_dir, "selfplay", f"iter_{iteration}.jsonl")
+        store.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+    trainer.log_refresh_summary()

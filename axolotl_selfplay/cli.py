@@ -1,0 +1,120 @@
+"""`axolotl-selfplay` helper commands.
+
+    axolotl-selfplay tiny-model DIR [--data FILE.jsonl] [--hidden-size 64] [--layers 2]
+
+builds, fully offline, a tiny random Llama and a byte-level BPE tokenizer
+trained locally (with a ChatML chat template), and saves both to DIR. Tests,
+the demo and the benchmarks use it, so nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_end|>", "<|im_start|>"]
+
+_BUILTIN_CORPUS = [
+    "user assistant system hello how are you today",
+    "What is two plus three? Two plus three is five.",
+    "Name a colour. Blue is a colour, and so are red and green.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Please answer briefly. Sure, here is a short answer.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20",
+]
+
+
+def _corpus(data_file: str | None) -> list[str]:
+    texts = list(_BUILTIN_CORPUS)
+    if data_file:
+        with open(data_file, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                for message in row.get("messages", []):
+                    texts.append(f"{message['role']}\n{message['content']}")
+    return texts
+
+
+def build_tiny_model(
+    output_dir: str,
+    data_file: str | None = None,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+) -> str:
+    """Build and save a tiny Llama + locally trained tokenizer; returns output_dir."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer_model = Tokenizer(models.BPE())
+    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer_model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer_model.train_from_iterator(_corpus(data_file), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_model,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    os.makedirs(output_dir, exist_ok=True)
+    tokenizer.save_pretrained(output_dir)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(output_dir)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="axolotl-selfplay", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    tiny = sub.add_parser("tiny-model", help="build a tiny offline Llama + tokenizer with a chat template")
+    tiny.add_argument("output_dir")
+    tiny.add_argument("--data", help="chat jsonl ({'messages': [...]}) whose text trains the tokenizer")
+    tiny.add_argument("--vocab-size", type=int, default=512)
+    tiny.add_argument("--hidden-size", type=int, default=64)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "tiny-model":
+        build_tiny_model(args.output_dir, args.data, args.vocab_size, args.hidden_size, args.layers, args.seed)
+        print(f"tiny model and tokenizer written to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Turn Axolotl's tokenized chat SFT rows into SPIN examples (prompt x, real response y).
+
+Axolotl's `chat_template` pipeline hands the trainer rows of `input_ids` and
+`labels` with everything but the trained assistant turns masked to -100. The
+real response y is the LAST contiguous labelled span (the final assistant turn,
+including its end-of-turn token with `train_on_eos: turn`); everything before it
+is the prompt x. Earlier assistant turns of a multi-turn conversation thus stay
+in the prompt, and x ends exactly where the chat template's generation prompt
+ends, so generation and training see the same template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .logprobs import IGNORE_INDEX
+
+
+class NoAssistantTurnError(ValueError):
+    """A dataset row has no trainable (assistant) tokens to use as the real response."""
+
+
+def split_prompt_response(
+    input_ids: Sequence[int], labels: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """Split one tokenized row at its last labelled span.
+
+    Returns (prompt_ids, response_ids). An unlabelled tail after the span (e.g.
+    the newline a template puts after the end-of-turn token) is dropped.
+    Raises NoAssistantTurnError when no token is labelled.
+    """
+    end = len(labels)
+    while end > 0 and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    if end == 0:
+        raise NoAssistantTurnError("row has no labelled tokens")
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return list(input_ids[:start]), list(input_ids[start:end])
+
+
+def build_examples(dataset) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts and real responses of every row of a tokenized training dataset.
+
+    Raises NoAssistantTurnError naming the first row without an assistant turn
+    and the fix, so the user learns it before any training step.
+    """
+    prompts, reals = [], []
+    for index, row in enumerate(dataset):
+        try:
+            prompt, real = split_prompt_response(row["input_ids"], row["labels"])
+        except NoAssistantTurnError:
+            raise NoAssistantTurnError(
+                f"training row {index} has no assistant response to learn from (all of "
+                "its labels are masked). Self-play needs every conversation to END with "
+                "an assistant turn, and that turn must be trained: check `field_messages`, "
+                "`message_property_mappings` and `roles_to_train: [assistant]` in "
+                "`datasets:`, and drop conversations without an assistant reply."
+            ) from None
+        if not prompt:
+            raise NoAssistantTurnError(
+                f"training row {index} has no prompt before its assistant response. "
+                "Self-play generates the opponent response from the prompt: every "
+                "conversation needs at least one user turn before the last assistant turn."
+            )
+        prompts.append(prompt)
+        reals.append(real)
+    return prompts, reals
+
+
+_DEFAULT_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant", "system": "system", "tool": "tool"}
+
+
+def check_conversations(rows, dataset_cfg, name: str) -> None:
+    """Raise if a conversation does not end with a trained assistant turn.
+
+    Axolotl silently drops rows whose labels are all masked, and a row that ends
+    with a user turn would train on an earlier assistant turn; for self-play
+    both mean the user's data is not what they think, so say so up front.
+    Mirrors Axolotl's `chat_template` field options: `field_messages`,
+    `message_property_mappings` / `message_field_role`, `roles`, `roles_to_train`.
+    """
+    field = dataset_cfg.get("field_messages") or "messages"
+    mappings = dataset_cfg.get("message_property_mappings") or {}
+    role_key = mappings.get("role") or dataset_cfg.get("message_field_role") or "role"
+    roles = dataset_cfg.get("roles")
+    role_map = {s: t for t, sources in roles.items() for s in sources} if roles else _DEFAULT_ROLES
+    trained = {role_map.get(r, r) for r in (dataset_cfg.get("roles_to_train") or ["assistant"])}
+    for index, row in enumerate(rows):
+        messages = row.get(field) if isinstance(row, dict) else None
+        if not messages:
+            raise ValueError(
+                f"dataset `{name}` row {index} has no `{field}` list. Set `field_messages` "
+                "in that `datasets:` entry to the column holding the conversation."
+            )
+        last = messages[-1]
+        role = role_map.get(last.get(role_key), last.get(role_key)) if isinstance(last, dict) else None
+        if role not in trained:
+            raise ValueError(
+                f"dataset `{name}` row {index} does not end with an assistant turn (its last "
+                f"message has role {role!r}). Self-play learns from the LAST assistant reply of "
+                "each conversation: drop or trim conversations that end with another role, or "
+                "map your role names with `roles:` / `message_property_mappings` in that "
+                "`datasets:` entry."
+            )
+        if len(messages) < 2:
+            raise ValueError(
+                f"dataset `{name}` row {index} has only an assistant message and no prompt. "
+                "Every conversation needs a user turn before the last assistant turn."
+            )
+
+
+def check_selfplay_datasets(cfg) -> None:
+    """Check every chat dataset of a SPIN config before any model loads."""
+    from axolotl.utils.data.shared import load_dataset_with_config
+
+    for dataset_cfg in cfg.get("datasets") or []:
+        if not str(dataset_cfg.get("type") or "").startswith("chat_template"):
+            # Other SFT formats (alpaca, ...) work too: the trainer splits their
+            # tokenized rows at the labelled response. Only conversations can be
+            # checked for their last turn here.
+            continue
+        dataset = load_dataset_with_config(dataset_cfg, cfg.get("hf_use_auth_token") or False)
+        if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # DatasetDict
+            dataset = dataset[dataset_cfg.get("split") or "train"]
+        check_conversations(dataset, dataset_cfg, str(dataset_cfg.get("path")))

@@ -1,0 +1,139 @@
+"""Batched opponent generation and no-grad scoring with the current policy.
+
+`generate_responses` samples y' for many prompts: prompts are sorted by length
+so each batch holds prompts of similar length (little padding), left-padded by
+hand (never trusting `tokenizer.padding_side`, which Axolotl flips for some
+models), and cut at the first EOS. `score_responses` computes lp(y|x) for many
+(x, y) in batches, again length-sorted, in float32.
+
+Both run on an already-unwrapped model (the caller enters TRL's
+`unwrap_model_for_generation`, which gathers ZeRO-3 parameters once and turns
+gradient checkpointing off for the duration). Sampling uses its own seeded RNG
+stream, so generations are reproducible and never disturb the training RNG
+(HF restores the training RNG on resume; generation must not depend on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .logprobs import pad_sequences, sequence_logps
+
+
+def _length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """Fork the global RNG (CPU and the current accelerator), seed it, restore after."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def cut_at_eos(tokens: list[int], eos_token_ids: set[int], pad_token_id: int) -> tuple[list[int], bool]:
+    """Keep tokens up to and including the first EOS.
+
+    Returns (tokens, truncated): truncated is True when no EOS was generated
+    (the response hit max_new_tokens); trailing padding is then removed.
+    """
+    for position, token in enumerate(tokens):
+        if token in eos_token_ids:
+            return tokens[: position + 1], False
+    while tokens and tokens[-1] == pad_token_id and pad_token_id not in eos_token_ids:
+        tokens = tokens[:-1]
+    return tokens, True
+
+
+@torch.no_grad()
+def generate_responses(
+    model,
+    prompts: list[list[int]],
+    *,
+    pad_token_id: int,
+    eos_token_ids: set[int],
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    show_progress: bool = False,
+) -> list[tuple[list[int], bool]]:
+    """Generate one response per prompt; returns [(tokens, truncated)] in prompt order."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    try:
+        with seeded_rng(seed, device), _progress(len(prompts), "self-play: generating opponents", show_progress) as bar:
+            for batch in _length_sorted_batches([len(p) for p in prompts], batch_size):
+                width = max(len(prompts[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    prompt = prompts[i]
+                    input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+                    attention_mask[row, width - len(prompt) :] = 1
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=0,
+                    do_sample=do_sample,
+                    pad_token_id=pad_token_id,
+                    eos_token_id=sorted(eos_token_ids),
+                    use_cache=True,
+                    **sampling,
+                )
+                for row, i in enumerate(batch):
+                    results[i] = cut_at_eos(output[row, width:].tolist(), eos_token_ids, pad_token_id)
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def score_responses(
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    *,
+    pad_token_id: int,
+    batch_size: int,
+) -> list[float]:
+    """lp(response | prompt) for each pair, summed over response tokens, float32."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    scores = [0.0] * len(prompts)
+    try:
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        for batch in _length_sorted_batches(lengths, batch_size):
+            padded = pad_sequences([prompts[i] for i in batch], [responses[i] for i in batch], pad_token_id)
+            logits = model(
+                input_ids=padded["input_ids"].to(device),
+                attention_mask=padded["attention_mask"].to(device),
+                use_cache=False,
+            ).logits
+            logps = sequence_logps(logits, padded["labels"].to(device))
+            for row, i in enumerate(batch):
+                scores[i] = float(logps[row])
+    finally:
+        model.train(was_training)
+    return scores

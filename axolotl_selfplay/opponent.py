@@ -1,0 +1,180 @@
+"""OpponentStore: the opponent's responses y' and the reference log-probs, per example.
+
+One store lives in the trainer (main process) and is identical on every rank.
+For each training example i it keeps the prompt x_i, the real response y_i,
+lp_θt(y_i|x_i) and a pool of the opponent responses y'_i generated in the last
+`history` iterations, each with lp_θt(y'_i|x_i) under the CURRENT iterate θ_t
+(the official recipe scores older iterations' y' against the newest iterate too).
+
+It is saved beside every checkpoint, so a resumed run trains against exactly the
+opponents it had, instead of regenerating them with a half-trained model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+STATE_FILE = "selfplay_opponents.pt"
+
+# Why an opponent response is not used for training (it still appears in exports).
+USABLE, IDENTICAL, EMPTY = "ok", "identical", "empty"
+
+
+@dataclass
+class Opponent:
+    """One generated response y' for one example."""
+
+    iteration: int  # the iterate θ_t that generated it
+    tokens: list[int]  # y', ending with an EOS token unless truncated
+    truncated: bool  # hit max_new_tokens without EOS
+    status: str  # USABLE, IDENTICAL (y' == y: zero gradient) or EMPTY (no content)
+    ref_logp: float = float("nan")  # lp_θt(y'|x) under the current iterate
+
+
+def classify(tokens: list[int], real: list[int], eos_token_ids: set[int]) -> str:
+    """USABLE, or why y' is dropped (ALGORITHMS.md §1 edge cases)."""
+    if not [t for t in tokens if t not in eos_token_ids]:
+        return EMPTY
+    if tokens == real:
+        return IDENTICAL
+    return USABLE
+
+
+@dataclass
+class Pair:
+    """One (x, y, y') training pair as the trainer consumes it."""
+
+    example: int
+    opponent: Opponent
+
+
+class OpponentStore:
+    def __init__(self, prompts: list[list[int]], reals: list[list[int]], history: int = 1):
+        if len(prompts) != len(reals):
+            raise ValueError("prompts and reals must have the same length")
+        self.prompts = prompts
+        self.reals = reals
+        self.history = history
+        self.iteration = -1  # the iteration whose opponents are loaded; -1 = none yet
+        self.ref_logp_real: list[float] = [float("nan")] * len(prompts)
+        self.pool: list[list[Opponent]] = [[] for _ in prompts]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    # -- refresh ---------------------------------------------------------------
+
+    def retained(self, example: int, new_iteration: int) -> list[Opponent]:
+        """Older opponents that stay in the pool once `new_iteration`'s are added."""
+        keep = [o for o in self.pool[example] if o.iteration > new_iteration - self.history]
+        return [o for o in keep if o.iteration != new_iteration]
+
+    def set_iteration(
+        self,
+        iteration: int,
+        ref_logp_real: list[float],
+        pools: list[list[Opponent]],
+    ) -> None:
+        """Install a fully scored iteration (every rank calls it with the same data)."""
+        if len(ref_logp_real) != len(self) or len(pools) != len(self):
+            raise ValueError("a refresh must cover every example")
+        self.iteration = iteration
+        self.ref_logp_real = list(ref_logp_real)
+        self.pool = [sorted(p, key=lambda o: o.iteration) for p in pools]
+
+    # -- training --------------------------------------------------------------
+
+    def pairs(self, examples: list[int]) -> tuple[list[Pair], dict[str, float]]:
+        """Training pairs for a batch of example indices, and counts for metrics.
+
+        Each example is paired with every usable opponent in its pool (history h:
+        up to h pairs, sharing one forward of the real response). Identical and
+        empty opponents are skipped and counted.
+        """
+        pairs, candidates, identical, empty = [], 0, 0, 0
+        for i in examples:
+            for opponent in self.pool[i]:
+                candidates += 1
+                if opponent.status == IDENTICAL:
+                    identical += 1
+                elif opponent.status == EMPTY:
+                    empty += 1
+                else:
+                    pairs.append(Pair(i, opponent))
+        counts = {
+            "candidates": candidates,
+            "identical": identical,
+            "empty": empty,
+            "pairs": len(pairs),
+            "truncated": sum(p.opponent.truncated for p in pairs),
+            "generated_tokens": sum(len(p.opponent.tokens) for p in pairs),
+            "age": sum(self.iteration - p.opponent.iteration for p in pairs),
+        }
+        return pairs, counts
+
+    # -- persistence -----------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "history": self.history,
+            "num_examples": len(self),
+            "ref_logp_real": self.ref_logp_real,
+            "pool": [[asdict(o) for o in p] for p in self.pool],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_examples"] != len(self):
+            raise ValueError(
+                f"the checkpoint's opponent store has {state['num_examples']} examples but "
+                f"the training dataset has {len(self)}: resume with the same datasets and "
+                "`dataset_prepared_path` as the interrupted run."
+            )
+        self.iteration = state["iteration"]
+        self.ref_logp_real = list(state["ref_logp_real"])
+        self.pool = [[Opponent(**o) for o in p] for p in state["pool"]]
+
+    def save(self, directory: str) -> str:
+        """Write the store into `directory` atomically; returns the file path."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, STATE_FILE)
+        torch.save(self.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return path
+
+    def load(self, directory: str) -> bool:
+        """Load the store saved in `directory`; False when there is none."""
+        path = os.path.join(directory, STATE_FILE)
+        if not os.path.exists(path):
+            return False
+        self.load_state_dict(torch.load(path, weights_only=True))
+        return True
+
+    def export_jsonl(self, path: str, decode) -> None:
+        """Write this iteration's pairs as jsonl (atomically), one line per example.
+
+        Keys: prompt, real, generated, ref_logp_real, ref_logp_generated, plus
+        truncated and status (ok / identical / empty) of the newest opponent.
+        """
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for i in range(len(self)):
+                newest = [o for o in self.pool[i] if o.iteration == self.iteration]
+                if not newest:
+                    continue
+                opponent = newest[-1]
+                row = {
+                    "prompt": decode(self.prompts[i]),
+                    "real": decode(self.reals[i]),
+                    "generated": decode(opponent.tokens),
+                    "ref_logp_real": self.ref_logp_real[i],
+                    "ref_logp_generated": opponent.ref_logp,
+                    "truncated": opponent.truncated,
+                    "status": opponent.status,
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,89 @@
+"""SelfPlayPlugin: wires self-play into Axolotl; every hook is inert without `selfplay`.
+
+Axolotl >= 0.20 loads installed plugins for EVERY config, so each hook returns
+plain None (or []) unless the config asks for self-play: an ordinary SFT or DPO
+run trains exactly as if this package were not installed.
+
+The seam: `register()` sees the raw YAML before validation and moves
+`rl: spin` into `selfplay.type`, leaving `rl` unset. Axolotl then builds its
+causal (SFT) trainer, the one path that hands the model to a plugin trainer
+class and uses a plugin collator.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+
+from axolotl.integrations.base import BasePlugin
+
+from .config import SELFPLAY_RL_TYPES, remap_rl
+
+LOG = logging.getLogger(__name__)
+
+LORA_KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
+
+def _selfplay_enabled(cfg) -> bool:
+    return bool(cfg.get("selfplay"))
+
+
+def _check_block_name(cfg) -> None:
+    # Axolotl drops unknown top-level keys silently; a misspelt block would turn
+    # a self-play run into plain SFT without a word.
+    for key in list(cfg.keys()):
+        if key != "selfplay" and difflib.SequenceMatcher(None, str(key).lower(), "selfplay").ratio() >= 0.8:
+            raise ValueError(f"unknown top-level key `{key}`: did you mean `selfplay:`?")
+
+
+class SelfPlayPlugin(BasePlugin):
+    """`rl: spin` for Axolotl (axolotl-selfplay)."""
+
+    def register(self, cfg):
+        _check_block_name(cfg)
+        remap_rl(cfg)
+        if not _selfplay_enabled(cfg):
+            return
+        sp = cfg["selfplay"]
+        if cfg.get("adapter") in ("lora", "qlora") and all(cfg.get(k) is None for k in LORA_KERNEL_KEYS):
+            # With `rl` unset Axolotl would auto-enable its Triton LoRA kernels, which
+            # it never enables for its own RL trainers; match `rl: dpo` (and keep CPU
+            # runs working). Set the keys explicitly to opt in.
+            for key in LORA_KERNEL_KEYS:
+                cfg[key] = False
+        LOG.info("axolotl-selfplay: rl=%s -> selfplay.type=%s", sp.get("type"), sp.get("type"))
+
+    def get_input_args(self):
+        return "axolotl_selfplay.config.SelfPlayArgs"
+
+    def load_datasets(self, cfg, preprocess=False):
+        if _selfplay_enabled(cfg):
+            from .data import check_selfplay_datasets
+
+            check_selfplay_datasets(cfg)
+        return None  # Axolotl's own SFT pipeline tokenizes the data
+
+    def get_trainer_cls(self, cfg):
+        if not _selfplay_enabled(cfg):
+            return None
+        from .trainers.spin import SelfPlayTrainer
+
+        return SelfPlayTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
+        if not _selfplay_enabled(cfg) or is_eval:
+            # Evaluation uses Axolotl's default collator (SFT loss on real responses).
+            return None
+        from .collator import SelfPlayCollator
+
+        return SelfPlayCollator, {}
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        if not _selfplay_enabled(cfg):
+            return []
+        from .callbacks import OpponentGenerationCallback
+
+        return [OpponentGenerationCallback(trainer)]
+
+
+__all__ = ["SelfPlayPlugin", "SELFPLAY_RL_TYPES"]

@@ -1,0 +1,215 @@
+"""SelfPlayTrainer: SPIN on Axolotl's causal (SFT) trainer.
+
+Flow, top to bottom:
+1. `__init__`: split every tokenized training row into prompt x and real
+   response y (data.py), keep them in an OpponentStore, and give each row an
+   index column the collator passes through.
+2. At the first epoch of each iteration the OpponentGenerationCallback makes the
+   current policy θ_t the opponent: it generates y', scores lp_θt(y|x) and
+   lp_θt(y'|x), and installs them in the store (callbacks.py).
+3. `compute_loss`: joins the batch's examples with their opponents, runs ONE
+   forward over [real; generated], and applies the SPIN loss (losses.py).
+   Generation never happens here.
+4. `_save_checkpoint` saves the store beside the checkpoint; `train` loads it
+   when resuming, so a resumed run keeps its opponents.
+
+Where this departs from the paper's released code (uclaml/SPIN):
+- Opponents are generated inside the training run with the chat template used
+  for training (the official `generate.py` used a different "### Instruction:"
+  prompt), and iterations run in one process instead of generate/convert/train
+  scripts per iteration.
+- `history: h` pairs every example with its y' from the last h iterations in
+  the same step (the real response's forward is shared) instead of
+  concatenating h copies of the dataset; each pair's loss weight is the same.
+- y' identical to y, or empty, is dropped (zero gradient / no content) and
+  counted; the official code trains on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from axolotl.core.trainers.base import AxolotlTrainer
+
+from ..collator import INDEX_COLUMN, pair_batch
+from ..data import build_examples
+from ..logprobs import sequence_logps
+from ..losses import spin_loss
+from ..opponent import OpponentStore
+
+LOG = logging.getLogger(__name__)
+
+
+class SelfPlayTrainer(AxolotlTrainer):
+    # exp(loss) is no perplexity for a pairwise loss (Axolotl >= 0.21 honours this)
+    reports_token_perplexity = False
+
+    def __init__(self, *args, **kwargs):
+        # The collator needs the index column, which HF would strip as "unused".
+        kwargs["args"].remove_unused_columns = False
+        super().__init__(*args, **kwargs)
+        # We compute a per-pair mean; let HF scale it for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        prompts, reals = build_examples(self.train_dataset)
+        self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(prompts))))
+        # `history` is set in train(): Axolotl attaches the config after construction.
+        self.opponents = OpponentStore(prompts, reals)
+        tokenizer = self.processing_class
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_token_ids = self._eos_token_ids()
+
+    @classmethod
+    def requires_all_columns(cls, cfg) -> bool:  # Axolotl >= 0.21 asks before building args
+        return True
+
+    @property
+    def selfplay_config(self):
+        # Read lazily: Axolotl sets `axolotl_cfg` after construction.
+        return self.axolotl_cfg.selfplay
+
+    def _eos_token_ids(self) -> set[int]:
+        """Tokens that end a response: the tokenizer's EOS and the model's generation EOS."""
+        ids = {self.processing_class.eos_token_id}
+        generation_config = getattr(self.accelerator.unwrap_model(self.model), "generation_config", None)
+        configured = getattr(generation_config, "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(configured)
+        ids.discard(None)
+        ends = {real[-1] for real in self.opponents.reals}
+        if not ends <= ids:
+            LOG.warning(
+                "some real responses do not end with an EOS token %s (last tokens seen: %s); "
+                "check `train_on_eos: turn` so that y and y' both end the turn the same way",
+                sorted(ids),
+                sorted(ends - ids)[:5],
+            )
+        return ids
+
+    # -- resume ----------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self.opponents.history = self.selfplay_config.history
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str):
+            if self.opponents.load(checkpoint):
+                LOG.info("self-play: resumed iteration %d opponents from %s", self.opponents.iteration, checkpoint)
+            else:
+                LOG.warning(
+                    "self-play: %s holds no opponent store; the opponents of the current "
+                    "iteration will be regenerated by the resumed model",
+                    checkpoint,
+                )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial, **kwargs):
+        super()._save_checkpoint(model, trial, **kwargs)
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.opponents.save(os.path.join(self._get_output_dir(trial=trial), folder))
+
+    # -- loss ------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if INDEX_COLUMN not in inputs:
+            # Evaluation batches come from Axolotl's default collator: report the
+            # SFT loss of the real responses.
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        sp = self.selfplay_config
+        examples = inputs[INDEX_COLUMN].tolist()
+        pairs, counts = self.opponents.pairs(examples)
+        batch = pair_batch(self.opponents, examples, pairs, self.pad_token_id)
+        device = self.accelerator.device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if hasattr(self, "_accumulate_token_counts") and self.args.include_tkps:
+            self._accumulate_token_counts({"labels": batch["labels"]})
+
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        logps = sequence_logps(outputs.logits, batch["labels"])
+        real_logps = logps[batch["real_row"]]
+        generated_logps = logps[len(examples) :]
+        if pairs:
+            losses, real_rewards, generated_rewards = spin_loss(
+                real_logps,
+                generated_logps,
+                batch["ref_real_logps"],
+                batch["ref_generated_logps"],
+                beta=sp.beta,
+                loss_type=sp.loss_type,
+            )
+            loss = losses.mean()
+        else:
+            # Every opponent of this batch was dropped: a zero loss that still
+            # touches every parameter, so all ranks run the same backward.
+            loss = logps.sum() * 0.0
+            real_rewards = generated_rewards = logps.new_zeros(0)
+        self._store_pair_metrics(counts, real_rewards, generated_rewards, real_logps, generated_logps)
+        return (loss, outputs) if return_outputs else loss
+
+    # -- metrics ---------------------------------------------------------------
+
+    def _store_pair_metrics(self, counts, real_rewards, generated_rewards, real_logps, generated_logps):
+        """Sums over this rank's pairs, reduced over ranks, then averaged per pair."""
+        real_rewards = real_rewards.detach().float()
+        generated_rewards = generated_rewards.detach().float()
+        sums = torch.tensor(
+            [
+                real_rewards.sum(),
+                generated_rewards.sum(),
+                (real_rewards - generated_rewards).sum(),
+                (real_rewards > generated_rewards).float().sum(),
+                real_logps.detach().float().sum(),
+                generated_logps.detach().float().sum(),
+                counts["generated_tokens"],
+                counts["truncated"],
+                counts["age"],
+                counts["pairs"],
+                counts["identical"],
+                counts["empty"],
+                counts["candidates"],
+            ],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        (r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty, candidates) = sums.tolist()
+        per_pair = max(n, 1.0)
+        metrics = {
+            "rewards/real": r_real / per_pair,
+            "rewards/generated": r_gen / per_pair,
+            "rewards/margins": margin / per_pair,
+            "rewards/accuracies": acc / per_pair,
+            "logps/real": lp_real / per_pair,
+            "logps/generated": lp_gen / per_pair,
+            "opponent/length": tokens / per_pair,
+            "opponent/truncated_frac": truncated / per_pair,
+            "opponent/identical_frac": identical / max(candidates, 1.0),
+            "opponent/empty_frac": empty / max(candidates, 1.0),
+            "opponent/age": age / per_pair,
+            "selfplay/iteration": float(self.opponents.iteration),
+        }
+        self.store_metrics(metrics)
+
+    def log_refresh_summary(self) -> None:
+        pool = [o for p in self.opponents.pool for o in p if o.iteration == self.opponents.iteration]
+        n = max(len(pool), 1)
+        LOG.info(
+            "self-play iteration %d: %d opponents, mean length %.1f, truncated %.1f%%, "
+            "identical %.1f%%, empty %.1f%%",
+            self.opponents.iteration,
+            len(pool),
+            sum(len(o.tokens) for o in pool) / n,
+            100 * sum(o.truncated for o in pool) / n,
+            100 * sum(o.status == "identical" for o in pool) / n,
+            100 * sum(o.status == "empty" for o in pool) / n,
+        )
