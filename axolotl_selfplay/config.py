@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SELFPLAY_RL_TYPES = ("spin", "spin_chi2", "lsp")
 
@@ -136,6 +136,22 @@ class SelfPlayConfig(BaseModel):
         return data
 
 
+def parse_selfplay_block(block: Any) -> SelfPlayConfig:
+    """Validate a raw `selfplay:` block; one ValueError whose lines name each bad key."""
+    try:
+        return SelfPlayConfig.model_validate(block)
+    except ValidationError as error:
+        lines = []
+        for item in error.errors():
+            key = ".".join(["selfplay", *(str(part) for part in item["loc"])])
+            message = item["msg"].removeprefix("Value error, ")
+            if message.startswith(("unknown key", "`selfplay")):
+                lines.append(message)
+            else:
+                lines.append(f"invalid `{key}`: {message} (got {item.get('input')!r}).")
+        raise ValueError("\n".join(lines)) from None
+
+
 def remap_rl(data: Any) -> Any:
     """Move `rl: spin|spin_chi2|lsp` into `selfplay.type` and unset `rl`.
 
@@ -185,48 +201,56 @@ class SelfPlayArgs(BaseModel):
         sp = self.selfplay
         if sp is None:
             return self
-        cfg = self.__dict__
-        get = lambda key: cfg.get(key)  # noqa: E731 - fields of the merged Axolotl model
-        if sp.type == "lsp":
-            raise ValueError(
-                "`rl: lsp` is not available in this release of axolotl-selfplay. "
-                "Use `rl: spin`."
-            )
-        if sp.type == "spin_chi2":
-            raise ValueError(
-                "`rl: spin_chi2` is not available in this release of axolotl-selfplay. "
-                "Use `rl: spin`."
-            )
-        for key in ("sample_packing", "eval_sample_packing", "batch_flattening"):
-            if get(key):
-                raise ValueError(
-                    f"`{key}: true` cannot be used with `rl: {sp.type}`: self-play splits "
-                    "every example into prompt and response and generates from the prompt, "
-                    f"which packed rows do not allow. Set `{key}: false`."
-                )
-        if get("pretraining_dataset"):
-            raise ValueError(
-                f"`pretraining_dataset` cannot be used with `rl: {sp.type}`: self-play "
-                "needs chat data with an assistant response. Use `datasets:` with "
-                "`type: chat_template`."
-            )
-        if get("streaming"):
-            raise ValueError(
-                f"`streaming: true` cannot be used with `rl: {sp.type}`: every prompt is "
-                "regenerated at each iteration. Set `streaming: false`."
-            )
+        fields = self.__dict__  # every field of the merged Axolotl config
+        check_compatible(sp.type, fields.get)
         total = sp.iterations * sp.epochs_per_iteration
-        num_epochs = get("num_epochs")
-        if "num_epochs" not in self.model_fields_set or num_epochs is None:
-            # The schedule is K iterations of E epochs; Axolotl's default of 1 epoch
-            # would silently cut it short.
-            if "num_epochs" in type(self).model_fields:
-                self.num_epochs = total
-        elif float(num_epochs) != float(total):
-            raise ValueError(
-                f"`num_epochs: {num_epochs}` disagrees with `selfplay.iterations` × "
-                f"`selfplay.epochs_per_iteration` = {sp.iterations} × "
-                f"{sp.epochs_per_iteration} = {total}. Remove `num_epochs` (the plugin "
-                "sets it) or make them agree."
-            )
+        if "num_epochs" in type(self).model_fields and (
+            "num_epochs" not in self.model_fields_set or self.num_epochs is None
+        ):
+            # The schedule is K iterations of E epochs; Axolotl's default of one
+            # epoch would silently cut it short.
+            self.num_epochs = total
+        else:
+            check_num_epochs(fields.get("num_epochs"), sp.iterations, sp.epochs_per_iteration)
         return self
+
+
+def check_compatible(selfplay_type: str, get) -> None:
+    """Reject options self-play cannot honour; `get(key)` reads the Axolotl config.
+
+    Called from `register()` on the raw YAML (so these messages come before any of
+    Axolotl's own validators) and again after validation.
+    """
+    if selfplay_type in ("spin_chi2", "lsp"):
+        raise ValueError(
+            f"`rl: {selfplay_type}` is not available in this release of axolotl-selfplay. "
+            "Use `rl: spin`."
+        )
+    for key in ("sample_packing", "eval_sample_packing", "batch_flattening"):
+        if get(key):
+            raise ValueError(
+                f"`{key}: true` cannot be used with `rl: {selfplay_type}`: self-play splits "
+                "every example into prompt and response and generates from the prompt, "
+                f"which packed rows do not allow. Set `{key}: false`."
+            )
+    if get("pretraining_dataset"):
+        raise ValueError(
+            f"`pretraining_dataset` cannot be used with `rl: {selfplay_type}`: self-play "
+            "needs chat data with an assistant response. Use `datasets:` with "
+            "`type: chat_template`."
+        )
+    if get("streaming"):
+        raise ValueError(
+            f"`streaming: true` cannot be used with `rl: {selfplay_type}`: every prompt is "
+            "regenerated at each iteration. Set `streaming: false`."
+        )
+
+
+def check_num_epochs(num_epochs, iterations: int, epochs_per_iteration: int) -> None:
+    total = iterations * epochs_per_iteration
+    if num_epochs is not None and float(num_epochs) != float(total):
+        raise ValueError(
+            f"`num_epochs: {num_epochs}` disagrees with `selfplay.iterations` × "
+            f"`selfplay.epochs_per_iteration` = {iterations} × {epochs_per_iteration} = "
+            f"{total}. Remove `num_epochs` (the plugin sets it) or make them agree."
+        )

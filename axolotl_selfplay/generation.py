@@ -44,17 +44,16 @@ def seeded_rng(seed: int, device: torch.device):
         yield
 
 
-def cut_at_eos(tokens: list[int], eos_token_ids: set[int], pad_token_id: int) -> tuple[list[int], bool]:
+def cut_at_eos(tokens: list[int], eos_token_ids: set[int]) -> tuple[list[int], bool]:
     """Keep tokens up to and including the first EOS.
 
-    Returns (tokens, truncated): truncated is True when no EOS was generated
-    (the response hit max_new_tokens); trailing padding is then removed.
+    Returns (tokens, truncated): truncated is True when no EOS was generated,
+    i.e. the response used all of max_new_tokens (generate pads only rows that
+    finished, so an unfinished row has no padding to strip).
     """
     for position, token in enumerate(tokens):
         if token in eos_token_ids:
             return tokens[: position + 1], False
-    while tokens and tokens[-1] == pad_token_id and pad_token_id not in eos_token_ids:
-        tokens = tokens[:-1]
     return tokens, True
 
 
@@ -101,7 +100,7 @@ def generate_responses(
                     **sampling,
                 )
                 for row, i in enumerate(batch):
-                    results[i] = cut_at_eos(output[row, width:].tolist(), eos_token_ids, pad_token_id)
+                    results[i] = cut_at_eos(output[row, width:].tolist(), eos_token_ids)
                 bar.update(len(batch))
     finally:
         model.train(was_training)

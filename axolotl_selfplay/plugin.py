@@ -17,7 +17,7 @@ import logging
 
 from axolotl.integrations.base import BasePlugin
 
-from .config import SELFPLAY_RL_TYPES, remap_rl
+from .config import SELFPLAY_RL_TYPES, check_compatible, check_num_epochs, parse_selfplay_block, remap_rl
 
 LOG = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ class SelfPlayPlugin(BasePlugin):
         if not _selfplay_enabled(cfg):
             return
         sp = cfg["selfplay"]
+        # Validate the block now so its errors come before Axolotl's own checks.
+        parsed = parse_selfplay_block(sp)
+        check_compatible(parsed.type, cfg.get)
+        if cfg.get("num_epochs") is None:
+            cfg["num_epochs"] = parsed.iterations * parsed.epochs_per_iteration
+        check_num_epochs(cfg.get("num_epochs"), parsed.iterations, parsed.epochs_per_iteration)
         if cfg.get("adapter") in ("lora", "qlora") and all(cfg.get(k) is None for k in LORA_KERNEL_KEYS):
             # With `rl` unset Axolotl would auto-enable its Triton LoRA kernels, which
             # it never enables for its own RL trainers; match `rl: dpo` (and keep CPU

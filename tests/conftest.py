@@ -1,0 +1,169 @@
+"""Shared fixtures: a tiny offline Llama, chat data, and `axolotl train` runners."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "example_configs" / "data" / "tiny_chat.jsonl"
+AXOLOTL_VERSION = tuple(int(x) for x in version("axolotl").split(".")[:2])
+# Axolotl < 0.20 has no `axolotl.plugins` entry-point group: configs must list the plugin.
+NEEDS_PLUGINS_LINE = AXOLOTL_VERSION < (0, 20)
+PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
+
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from axolotl_selfplay.cli import build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    build_tiny_model(str(path), data_file=str(DEMO_DATA))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+def base_config(model_dir: Path, out: Path, **overrides) -> dict:
+    """A small CPU SPIN config in the shape a user would write."""
+    cfg = {
+        "base_model": str(model_dir),
+        "tokenizer_type": "AutoTokenizer",
+        "rl": "spin",
+        "selfplay": {"iterations": 2, "epochs_per_iteration": 1, "generation": {"max_new_tokens": 12, "batch_size": 32}},
+        "datasets": [
+            {
+                "path": str(DEMO_DATA),
+                "type": "chat_template",
+                "field_messages": "messages",
+                "roles_to_train": ["assistant"],
+                "train_on_eos": "turn",
+            }
+        ],
+        "chat_template": "tokenizer_default",
+        "dataset_prepared_path": str(out / "prepared"),
+        "val_set_size": 0,
+        "sequence_len": 128,
+        "output_dir": str(out / "run"),
+        "micro_batch_size": 16,
+        "gradient_accumulation_steps": 1,
+        "optimizer": "adamw_torch",
+        "learning_rate": 1e-3,
+        "lr_scheduler": "constant",
+        "seed": 42,
+        "bf16": False,
+        "fp16": False,
+        "tf32": False,
+        "attn_implementation": "sdpa",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "use_tensorboard": True,
+        "dataloader_num_workers": 0,
+    }
+    if NEEDS_PLUGINS_LINE:
+        cfg["plugins"] = [PLUGIN]
+    for key, value in overrides.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update({"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"})
+    env.update(extra or {})
+    return env
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess, cfg: dict):
+        self.returncode = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        self.cfg = cfg
+        self.output_dir = Path(cfg["output_dir"])
+
+    def logs(self) -> list[dict]:
+        """The dicts HF Trainer printed at each logging step (values as floats)."""
+        rows = []
+        for match in re.finditer(r"\{'loss': .*?\}", self.output):
+            row = ast.literal_eval(match.group(0))
+            rows.append({k: float(v) if isinstance(v, str) and _is_number(v) else v for k, v in row.items()})
+        return rows
+
+    def scalars(self, tag: str) -> list[tuple[int, float]]:
+        """(step, value) of a TensorBoard scalar, full float precision."""
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        values = []
+        for events in sorted((self.output_dir / "runs").rglob("events.out.tfevents.*")):
+            acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+            acc.Reload()
+            if tag in acc.Tags()["scalars"]:
+                values = [(e.step, e.value) for e in acc.Scalars(tag)]
+        return values
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def axolotl_train(cfg: dict, config_path: Path, extra_args=(), env=None, timeout=900) -> Run:
+    write_config(cfg, config_path)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "axolotl"), "train", str(config_path), *extra_args],
+        capture_output=True,
+        text=True,
+        env=_env(env),
+        timeout=timeout,
+        cwd=str(config_path.parent),
+    )
+    return Run(proc, cfg)
+
+
+def python_script(args: list[str], env=None, timeout=900, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=_env(env), timeout=timeout, cwd=cwd
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path

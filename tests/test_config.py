@@ -1,0 +1,124 @@
+"""Config rewrite, defaults, and every bad-input error (no model is loaded here)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from axolotl_selfplay.config import SelfPlayArgs, SelfPlayConfig
+
+from conftest import DEMO_DATA, axolotl_train, base_config
+
+
+@pytest.fixture
+def load(tmp_path, tiny_model_dir, monkeypatch):
+    """Run Axolotl's own `load_cfg` (plugins -> register -> validate) on a dict."""
+    from axolotl.cli.config import load_cfg
+    from axolotl.integrations.base import PluginManager
+
+    saved_env = dict(os.environ)
+
+    def _load(**overrides):
+        PluginManager._instance = None
+        if hasattr(PluginManager, "plugins"):
+            PluginManager.plugins = type(PluginManager.plugins)() if isinstance(PluginManager.plugins, dict) else {}
+        cfg = base_config(tiny_model_dir, tmp_path, **overrides)
+        path = tmp_path / "config.yml"
+        path.write_text(yaml.safe_dump(cfg))
+        return load_cfg(str(path))
+
+    yield _load
+    os.environ.clear()
+    os.environ.update(saved_env)
+    PluginManager._instance = None
+
+
+def test_rl_spin_becomes_selfplay_block_with_defaults(load):
+    cfg = load(selfplay=None)
+    assert cfg.rl is None
+    sp = cfg.selfplay
+    assert sp["type"] == "spin"
+    assert (sp["iterations"], sp["epochs_per_iteration"], sp["beta"], sp["loss_type"], sp["history"]) == (3, 1, 0.1, "sigmoid", 1)
+    assert sp["generation"] == {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "do_sample": True, "batch_size": 16}
+    assert cfg.num_epochs == 3  # K·E
+
+
+def test_num_epochs_follows_iterations_times_epochs(load):
+    cfg = load(selfplay={"iterations": 2, "epochs_per_iteration": 3})
+    assert cfg.num_epochs == 6
+    cfg = load(selfplay={"iterations": 2, "epochs_per_iteration": 3}, num_epochs=6)
+    assert cfg.num_epochs == 6
+
+
+def test_before_validator_remaps_without_register():
+    """Callers that validate without `prepare_plugins` still get the rewrite."""
+    args = SelfPlayArgs.model_validate({"rl": "spin", "selfplay": {"beta": 0.5}})
+    assert args.selfplay.type == "spin" and args.selfplay.beta == 0.5
+
+
+def test_lora_kernels_pinned_off_unless_set(load):
+    lora = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+    cfg = load(**lora)
+    assert cfg.lora_mlp_kernel is False and cfg.lora_qkv_kernel is False and cfg.lora_o_kernel is False
+
+
+def test_plain_dpo_config_is_untouched(load):
+    cfg = load(rl="dpo", selfplay=None, datasets=[{"path": str(DEMO_DATA), "type": "chat_template.default"}])
+    assert cfg.rl == "dpo" and cfg.selfplay is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sample_packing": True}, "`sample_packing: true` cannot be used with `rl: spin`"),
+        ({"batch_flattening": True}, "`batch_flattening: true` cannot be used with `rl: spin`"),
+        ({"selfplay": {"iterations": 0}}, "`selfplay.iterations` must be an integer >= 1"),
+        ({"selfplay": {"epochs_per_iteration": 0}}, "`selfplay.epochs_per_iteration` must be an integer >= 1"),
+        ({"selfplay": {"itertions": 2}}, "unknown key `selfplay.itertions`. Did you mean `selfplay.iterations`?"),
+        ({"selfplay": {"generation": {"max_new_token": 8}}}, "Did you mean `selfplay.generation.max_new_tokens`?"),
+        ({"selfplay": {"loss_type": "ipo"}}, "invalid `selfplay.loss_type`: Input should be 'sigmoid' or 'hinge'"),
+        ({"selfplay": {"iterations": 2}, "num_epochs": 3}, "`num_epochs: 3` disagrees with `selfplay.iterations`"),
+        ({"selfplay": {"beta": 0}}, "invalid `selfplay.beta`: Input should be greater than 0"),
+        ({"selfplay": {"type": "lsp"}}, "contradicts"),
+        ({"rl": "spin_chi2"}, "`rl: spin_chi2` is not available"),
+    ],
+)
+def test_bad_input_errors_name_the_key(load, overrides, message):
+    with pytest.raises(Exception) as error:
+        load(**overrides)
+    assert message in str(error.value)
+
+
+def test_misspelt_block_name_is_an_error(load):
+    with pytest.raises(ValueError, match="did you mean `selfplay:`"):
+        load(selfpaly={"iterations": 2})
+
+
+def test_generation_config_rejects_out_of_range():
+    with pytest.raises(Exception, match="top_p"):
+        SelfPlayConfig.model_validate({"type": "spin", "generation": {"top_p": 1.5}})
+
+
+def test_dataset_without_final_assistant_turn_is_rejected(load, tmp_path):
+    from axolotl_selfplay.plugin import SelfPlayPlugin
+
+    bad = tmp_path / "bad.jsonl"
+    rows = [json.loads(line) for line in DEMO_DATA.read_text().splitlines()[:4]]
+    rows[2]["messages"].append({"role": "user", "content": "and?"})
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = load(datasets=[{"path": str(bad), "type": "chat_template", "field_messages": "messages"}])
+    with pytest.raises(ValueError, match=r"row 2 does not end with an assistant turn"):
+        SelfPlayPlugin().load_datasets(cfg)
+
+
+def test_cli_error_before_model_load_leaves_no_output(tmp_path, tiny_model_dir):
+    """`axolotl train` with a typo fails fast, names the key, writes nothing to output_dir."""
+    cfg = base_config(tiny_model_dir, tmp_path, selfplay={"iterations": 2, "beta_": 0.1})
+    run = axolotl_train(cfg, tmp_path / "typo.yml", timeout=300)
+    assert run.returncode != 0
+    assert "unknown key `selfplay.beta_`. Did you mean `selfplay.beta`?" in run.output
+    assert not run.output_dir.exists()
+    assert "Loading model" not in run.output
