@@ -32,7 +32,7 @@ class Opponent:
     tokens: list[int]  # y', ending with an EOS token unless truncated
     truncated: bool  # hit max_new_tokens without EOS
     status: str  # USABLE, IDENTICAL (y' == y: zero gradient) or EMPTY (no content)
-    ref_logp: float = float("nan")  # lp_θt(y'|x) under the current iterate
+    ref_logp: float | None = None  # lp_θt(y'|x) under the current iterate; None = not scored (dropped)
 
 
 def classify(tokens: list[int], real: list[int], eos_token_ids: set[int]) -> str:
@@ -60,7 +60,7 @@ class OpponentStore:
         self.reals = reals
         self.history = history
         self.iteration = -1  # the iteration whose opponents are loaded; -1 = none yet
-        self.ref_logp_real: list[float] = [float("nan")] * len(prompts)
+        self.ref_logp_real: list[float | None] = [None] * len(prompts)
         self.pool: list[list[Opponent]] = [[] for _ in prompts]
 
     def __len__(self) -> int:

@@ -1,0 +1,67 @@
+"""Run Axolotl's training entry point in-process (what `accelerate launch -m
+axolotl.cli.train` runs on each rank), with two test probes:
+
+--hide-selfplay   remove axolotl-selfplay's `axolotl.plugins` entry point, i.e. train
+                  as if the package were not installed (Axolotl >= 0.20)
+--param-report F  write {parameter name: moved?} for every trainable parameter,
+                  comparing the values when `Trainer.train` starts and ends
+
+Prints `PLUGINS=[...]` (the plugins Axolotl registered) at the end.
+"""
+
+import argparse
+import json
+import sys
+
+
+def hide_selfplay_entry_point():
+    import importlib.metadata as metadata
+
+    original = metadata.entry_points
+
+    def entry_points(**kwargs):
+        points = original(**kwargs)
+        if kwargs.get("group") == "axolotl.plugins":
+            return metadata.EntryPoints([p for p in points if not p.value.startswith("axolotl_selfplay")])
+        return points
+
+    metadata.entry_points = entry_points
+
+
+def report_params(path):
+    import torch
+    from transformers import Trainer
+
+    original_train = Trainer.train
+
+    def train(self, *args, **kwargs):
+        before = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        result = original_train(self, *args, **kwargs)
+        after = dict(self.model.named_parameters())
+        moved = {n: not torch.equal(before[n], after[n].detach()) for n in before}
+        with open(path, "w") as f:
+            json.dump(moved, f)
+        return result
+
+    Trainer.train = train
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--hide-selfplay", action="store_true")
+    parser.add_argument("--param-report")
+    args = parser.parse_args()
+    if args.hide_selfplay:
+        hide_selfplay_entry_point()
+    if args.param_report:
+        report_params(args.param_report)
+    from axolotl.cli.train import do_cli
+    from axolotl.integrations.base import PluginManager
+
+    do_cli(config=args.config)
+    print("PLUGINS=" + json.dumps(list(PluginManager.get_instance().plugins)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
