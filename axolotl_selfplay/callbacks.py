@@ -87,6 +87,7 @@ def refresh_opponents(trainer, iteration: int) -> None:
             reals + [o.tokens for _, o in flat],
             pad_token_id=pad_id,
             batch_size=gen.batch_size,
+            show_progress=accelerator.is_main_process,
         )
     ref_real = scores[: len(shard)]
     for (_, opponent), score in zip(flat, scores[len(shard) :]):

@@ -115,6 +115,7 @@ def score_responses(
     *,
     pad_token_id: int,
     batch_size: int,
+    show_progress: bool = False,
 ) -> list[float]:
     """lp(response | prompt) for each pair, summed over response tokens, float32."""
     was_training = model.training
@@ -123,6 +124,7 @@ def score_responses(
     scores = [0.0] * len(prompts)
     try:
         lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        bar = _progress(len(prompts), "self-play: scoring (reference log-probs)", show_progress)
         for batch in _length_sorted_batches(lengths, batch_size):
             padded = pad_sequences([prompts[i] for i in batch], [responses[i] for i in batch], pad_token_id)
             logits = model(
@@ -133,6 +135,8 @@ def score_responses(
             logps = sequence_logps(logits, padded["labels"].to(device))
             for row, i in enumerate(batch):
                 scores[i] = float(logps[row])
+            bar.update(len(batch))
+        bar.close()
     finally:
         model.train(was_training)
     return scores
