@@ -30,11 +30,15 @@ def test_split_without_labels_raises():
 
 
 def test_build_examples_names_the_row():
-    rows = [{"input_ids": [1, 5, EOS], "labels": [M, 5, EOS]}, {"input_ids": [1, 5], "labels": [M, M]}]
+    from datasets import Dataset
+
+    good = {"input_ids": [[1, 5, EOS]], "labels": [[M, 5, EOS]]}
+    assert build_examples(Dataset.from_dict(good)) == ([[1]], [[5, EOS]])
+    bad = {"input_ids": [[1, 5, EOS], [1, 5]], "labels": [[M, 5, EOS], [M, M]]}
     with pytest.raises(NoAssistantTurnError, match="training row 1"):
-        build_examples(rows)
+        build_examples(Dataset.from_dict(bad))
     with pytest.raises(NoAssistantTurnError, match="no prompt"):
-        build_examples([{"input_ids": [5, EOS], "labels": [5, EOS]}])
+        build_examples({"input_ids": [[5, EOS]], "labels": [[5, EOS]]})
 
 
 def test_classify_edge_cases():
@@ -187,3 +191,19 @@ def test_generation_is_batch_invariant_and_seeded(tiny_model_dir):
     assert model.training  # scoring restores train mode
     one_by_one = [score_responses(model, [p], [r], pad_token_id=0, batch_size=1)[0] for p, r in zip(prompts, responses)]
     assert scores == pytest.approx(one_by_one, abs=1e-4)
+
+
+def test_check_conversations_role_mappings_and_errors():
+    from axolotl_selfplay.data import check_conversations
+
+    sharegpt = {"conversations": [[{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]]}
+    cfg = {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
+    check_conversations(sharegpt, cfg, "sharegpt")  # gpt maps to assistant: accepted
+    custom = {"messages": [[{"role": "q", "content": "hi"}, {"role": "a", "content": "yo"}]]}
+    check_conversations(custom, {"roles": {"user": ["q"], "assistant": ["a"]}}, "custom")
+    with pytest.raises(ValueError, match="row 0 does not end with an assistant turn"):
+        check_conversations(custom, {}, "custom")  # without the `roles` mapping 'a' is no assistant
+    with pytest.raises(ValueError, match="no `messages` column"):
+        check_conversations(sharegpt, {}, "sharegpt")
+    with pytest.raises(ValueError, match="no prompt"):
+        check_conversations({"messages": [[{"role": "assistant", "content": "x"}]]}, {}, "lonely")
