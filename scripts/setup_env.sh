@@ -10,10 +10,11 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$repo/.venv/axolotl-$version"
 
 find_python() {
-  local want="$1"
-  for candidate in "python$want" "$(pyenv root 2>/dev/null)/versions/"$want*/bin/python$want; do
-    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return 0; fi
-    if [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
+  # A pyenv shim answers `command -v` but fails when that version is not selected,
+  # so try pyenv's own installs first and keep the first interpreter that runs.
+  local want="$1" candidate
+  for candidate in "$(pyenv root 2>/dev/null)"/versions/"$want"*/bin/python"$want" "python$want"; do
+    if "$candidate" -c 'import sys' >/dev/null 2>&1; then command -v "$candidate"; return 0; fi
   done
   echo "Python $want not found (needed for Axolotl $version); install it, e.g. 'pyenv install $want'" >&2
   return 1
