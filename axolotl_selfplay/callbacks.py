@@ -61,6 +61,8 @@ def refresh_opponents(trainer, iteration: int) -> None:
     pad_id = trainer.pad_token_id
     eos_ids = trainer.eos_token_ids
 
+    # A fresh run's first refresh: the policy still is θ_0.
+    at_start = trainer.state.global_step == 0 and store.iteration == -1
     with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as model:
         generated = generate_responses(
             model,
@@ -75,10 +77,11 @@ def refresh_opponents(trainer, iteration: int) -> None:
             seed=(trainer.args.seed + 1_000_003 * (iteration + 1) + rank) % 2**63,
             show_progress=accelerator.is_main_process,
         )
-        pools = []
+        pools, new = [], []
         for i, real, (tokens, truncated) in zip(shard, reals, generated):
-            new = Opponent(iteration, tokens, truncated, classify(tokens, real, eos_ids))
-            pools.append(store.retained(i, iteration) + [new])
+            opponent = Opponent(iteration, tokens, truncated, classify(tokens, real, eos_ids))
+            pools.append(store.retained(i, iteration) + [opponent])
+            new.append(opponent)
         # Score y (once) and every pooled y' under θ_t; one flat batched pass.
         flat = [(k, o) for k, pool in enumerate(pools) for o in pool if o.status == USABLE]
         scores = score_responses(
@@ -89,20 +92,58 @@ def refresh_opponents(trainer, iteration: int) -> None:
             batch_size=gen.batch_size,
             show_progress=accelerator.is_main_process,
         )
-    ref_real = scores[: len(shard)]
-    for (_, opponent), score in zip(flat, scores[len(shard) :]):
-        opponent.ref_logp = score
+        ref_real = scores[: len(shard)]
+        for (_, opponent), score in zip(flat, scores[len(shard) :]):
+            opponent.ref_logp = score
+        base_real = [store.base_logp_real[i] for i in shard]
+        if sp.kl_to_base > 0:
+            base_real = score_under_starting_model(
+                trainer, model, prompts, reals, ref_real, base_real, new, at_start
+            )
 
-    gathered = gather_object([(shard, ref_real, pools)]) if world > 1 else [(shard, ref_real, pools)]
+    part = [(shard, ref_real, base_real, pools)]
+    gathered = gather_object(part) if world > 1 else part
     all_ref_real = [0.0] * len(store)
+    all_base_real: list[float | None] = [None] * len(store)
     all_pools: list[list[Opponent]] = [[] for _ in range(len(store))]
-    for part_shard, part_ref, part_pools in gathered:
-        for i, ref, pool in zip(part_shard, part_ref, part_pools):
+    for part_shard, part_ref, part_base, part_pools in gathered:
+        for i, ref, base, pool in zip(part_shard, part_ref, part_base, part_pools):
             all_ref_real[i] = ref
+            all_base_real[i] = base
             all_pools[i] = pool
-    store.set_iteration(iteration, all_ref_real, all_pools)
+    store.set_iteration(iteration, all_ref_real, all_pools, all_base_real)
 
     if accelerator.is_main_process:
         path = os.path.join(trainer.args.output_dir, "selfplay", f"iter_{iteration}.jsonl")
         store.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
     trainer.log_refresh_summary()
+
+
+def score_under_starting_model(trainer, model, prompts, reals, ref_real, base_real, new, at_start):
+    """lp_θ0 of the real responses (once per run) and of this iteration's new y'.
+
+    θ_0 never changes, so older pooled opponents keep the value computed when
+    they were generated. At the very start of a fresh run θ_t = θ_0 and the θ_t
+    scores are reused; the starting weights are snapshotted for later iterations.
+    """
+    usable = [(k, o) for k, o in enumerate(new) if o.status == USABLE]  # k: position in the shard
+    if at_start:
+        trainer.starting_model.snapshot(model)
+        for _, opponent in usable:
+            opponent.base_logp = opponent.ref_logp
+        return list(ref_real)
+    missing = [k for k, lp in enumerate(base_real) if lp is None]
+    with trainer.starting_model.active(model):
+        scores = score_responses(
+            model,
+            [prompts[k] for k in missing] + [prompts[k] for k, _ in usable],
+            [reals[k] for k in missing] + [o.tokens for _, o in usable],
+            pad_token_id=trainer.pad_token_id,
+            batch_size=trainer.selfplay_config.generation.batch_size,
+        )
+    base_real = list(base_real)
+    for k, score in zip(missing, scores):
+        base_real[k] = score
+    for (_, opponent), score in zip(usable, scores[len(missing) :]):
+        opponent.base_logp = score
+    return base_real

@@ -46,7 +46,8 @@ def pair_batch(
 
     Returns input_ids/attention_mask/labels of shape (B + P, T), plus
     `real_row` (P,) mapping each pair to its real row and the reference log-probs
-    `ref_real_logps`/`ref_generated_logps` (P,), float32.
+    `ref_real_logps`/`ref_generated_logps` (P,) under θ_t, float32, and when the
+    store holds them `base_real_logps`/`base_generated_logps` under θ_0.
     """
     row_of = {example: row for row, example in enumerate(examples)}
     prompts = [store.prompts[i] for i in examples] + [store.prompts[p.example] for p in pairs]
@@ -59,4 +60,11 @@ def pair_batch(
     batch["ref_generated_logps"] = torch.tensor(
         [p.opponent.ref_logp for p in pairs], dtype=torch.float32
     )
+    if store.has_base:  # starting-model log-probs for kl_to_base
+        batch["base_real_logps"] = torch.tensor(
+            [store.base_logp_real[p.example] for p in pairs], dtype=torch.float32
+        )
+        batch["base_generated_logps"] = torch.tensor(
+            [p.opponent.base_logp for p in pairs], dtype=torch.float32
+        )
     return batch

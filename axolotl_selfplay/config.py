@@ -116,6 +116,40 @@ class SelfPlayConfig(BaseModel):
         "example is paired with its y' from the last h iterations, all scored against θ_t. "
         "The official recipe uses 2.",
     )
+    chi2_alpha: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="α (`rl: spin_chi2` only): mixture weight of the Pearson-χ² penalty "
+        "between the data (α) and the opponent (1 − α). Must be in (0, 1).",
+    )
+    chi2_coef: float = Field(
+        default=0.5,
+        gt=0.0,
+        description="c (`rl: spin_chi2` only): strength of the χ² penalty. The optimal "
+        "reward is bounded in [−1/(2c(1−α)), 1/(2cα)] ([−2, 2] at the defaults).",
+    )
+    reward_clip: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="R (`rl: spin_chi2` only): clamp the rewards r⁺, r⁻ to [−R, R] before "
+        "the loss (no gradient outside). Off by default.",
+    )
+    kl_to_base: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="a: KL regularisation toward the starting model θ_0 (α-SPIN, arXiv "
+        "2404.04291): the reference becomes (1−a)·log π_θt + a·log π_θ0. 0 = plain "
+        "self-play, 1 = DPO against the starting model.",
+    )
+    opponent_mixture: Literal["latest", "uniform"] = Field(
+        default="latest",
+        description="How the opponent pool (`history` iterations) is used. `latest`: every "
+        "example is paired with each of its pooled responses, the newest included (the "
+        "official SPIN recipe). `uniform`: fictitious play, each example's opponent is "
+        "drawn uniformly from the pool at every step.",
+    )
     generation: SelfPlayGenerationConfig = Field(
         default_factory=SelfPlayGenerationConfig,
         description="Sampling settings for the opponent's responses.",
@@ -134,6 +168,19 @@ class SelfPlayConfig(BaseModel):
                         f"Set `selfplay.{key}: 1` or more."
                     )
         return data
+
+    @model_validator(mode="after")
+    def _chi2_keys_need_spin_chi2(self) -> "SelfPlayConfig":
+        if self.type != "spin_chi2":
+            for key in ("chi2_alpha", "chi2_coef", "reward_clip"):
+                # compare with the default, not `model_fields_set`: Axolotl may
+                # re-validate a dump that carries every default
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(
+                        f"`selfplay.{key}` only applies to `rl: spin_chi2` (this config has "
+                        f"`rl: {self.type}`). Remove it or set `rl: spin_chi2`."
+                    )
+        return self
 
 
 def parse_selfplay_block(block: Any) -> SelfPlayConfig:
@@ -221,7 +268,7 @@ def check_compatible(selfplay_type: str, get) -> None:
     Called from `register()` on the raw YAML (so these messages come before any of
     Axolotl's own validators) and again after validation.
     """
-    if selfplay_type in ("spin_chi2", "lsp"):
+    if selfplay_type == "lsp":
         raise ValueError(
             f"`rl: {selfplay_type}` is not available in this release of axolotl-selfplay. "
             "Use `rl: spin`."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,6 +34,7 @@ class Opponent:
     truncated: bool  # hit max_new_tokens without EOS
     status: str  # USABLE, IDENTICAL (y' == y: zero gradient) or EMPTY (no content)
     ref_logp: float | None = None  # lp_θt(y'|x) under the current iterate; None = not scored (dropped)
+    base_logp: float | None = None  # lp_θ0(y'|x) under the starting model (only with kl_to_base > 0)
 
 
 def classify(tokens: list[int], real: list[int], eos_token_ids: set[int]) -> str:
@@ -61,6 +63,7 @@ class OpponentStore:
         self.history = history
         self.iteration = -1  # the iteration whose opponents are loaded; -1 = none yet
         self.ref_logp_real: list[float | None] = [None] * len(prompts)
+        self.base_logp_real: list[float | None] = [None] * len(prompts)  # lp_θ0(y|x), kl_to_base only
         self.pool: list[list[Opponent]] = [[] for _ in prompts]
 
     def __len__(self) -> int:
@@ -78,25 +81,37 @@ class OpponentStore:
         iteration: int,
         ref_logp_real: list[float],
         pools: list[list[Opponent]],
+        base_logp_real: list[float] | None = None,
     ) -> None:
         """Install a fully scored iteration (every rank calls it with the same data)."""
         if len(ref_logp_real) != len(self) or len(pools) != len(self):
             raise ValueError("a refresh must cover every example")
         self.iteration = iteration
         self.ref_logp_real = list(ref_logp_real)
+        self.base_logp_real = list(base_logp_real) if base_logp_real is not None else [None] * len(self)
         self.pool = [sorted(p, key=lambda o: o.iteration) for p in pools]
 
     # -- training --------------------------------------------------------------
 
-    def pairs(self, examples: list[int]) -> tuple[list[Pair], dict[str, float]]:
+    @property
+    def has_base(self) -> bool:
+        """Whether starting-model log-probs were stored (kl_to_base > 0)."""
+        return any(lp is not None for lp in self.base_logp_real)
+
+    def pairs(
+        self, examples: list[int], mixture: str = "latest", rng: random.Random | None = None
+    ) -> tuple[list[Pair], dict[str, float]]:
         """Training pairs for a batch of example indices, and counts for metrics.
 
-        Each example is paired with every usable opponent in its pool (history h:
-        up to h pairs, sharing one forward of the real response). Identical and
-        empty opponents are skipped and counted.
+        mixture "latest": each example is paired with every usable opponent in its
+        pool (history h: up to h pairs sharing one forward of the real response).
+        mixture "uniform" (fictitious play): one usable opponent per example, drawn
+        uniformly from its pool with `rng`. Identical and empty opponents are
+        skipped and counted.
         """
         pairs, candidates, identical, empty = [], 0, 0, 0
         for i in examples:
+            usable = []
             for opponent in self.pool[i]:
                 candidates += 1
                 if opponent.status == IDENTICAL:
@@ -104,7 +119,10 @@ class OpponentStore:
                 elif opponent.status == EMPTY:
                     empty += 1
                 else:
-                    pairs.append(Pair(i, opponent))
+                    usable.append(opponent)
+            if mixture == "uniform" and usable:
+                usable = [(rng or random).choice(usable)]
+            pairs.extend(Pair(i, opponent) for opponent in usable)
         counts = {
             "candidates": candidates,
             "identical": identical,
@@ -124,6 +142,7 @@ class OpponentStore:
             "history": self.history,
             "num_examples": len(self),
             "ref_logp_real": self.ref_logp_real,
+            "base_logp_real": self.base_logp_real,
             "pool": [[asdict(o) for o in p] for p in self.pool],
         }
 
@@ -136,6 +155,7 @@ class OpponentStore:
             )
         self.iteration = state["iteration"]
         self.ref_logp_real = list(state["ref_logp_real"])
+        self.base_logp_real = list(state.get("base_logp_real") or [None] * len(self))
         self.pool = [[Opponent(**o) for o in p] for p in state["pool"]]
 
     def save(self, directory: str) -> str:
@@ -157,8 +177,9 @@ class OpponentStore:
     def export_jsonl(self, path: str, decode) -> None:
         """Write this iteration's pairs as jsonl (atomically), one line per example.
 
-        Keys: prompt, real, generated, ref_logp_real, ref_logp_generated, plus
-        truncated and status (ok / identical / empty) of the newest opponent.
+        Keys: prompt, real, generated, ref_logp_real, ref_logp_generated (under θ_t),
+        truncated and status (ok / identical / empty) of the newest opponent, and
+        with kl_to_base > 0 base_logp_real / base_logp_generated (under θ_0).
         """
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -176,5 +197,8 @@ class OpponentStore:
                     "truncated": opponent.truncated,
                     "status": opponent.status,
                 }
+                if self.has_base:
+                    row["base_logp_real"] = self.base_logp_real[i]
+                    row["base_logp_generated"] = opponent.base_logp
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(path + ".tmp", path)

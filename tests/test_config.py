@@ -47,6 +47,14 @@ def test_rl_spin_becomes_selfplay_block_with_defaults(load):
     assert cfg.num_epochs == 3  # K·E
 
 
+def test_rl_spin_chi2_with_regularisers(load):
+    cfg = load(rl="spin_chi2", selfplay={"chi2_coef": 1.0, "reward_clip": 2.0, "kl_to_base": 0.3, "opponent_mixture": "uniform", "history": 3})
+    sp = cfg.selfplay
+    assert cfg.rl is None and sp["type"] == "spin_chi2"
+    assert (sp["chi2_alpha"], sp["chi2_coef"], sp["reward_clip"]) == (0.5, 1.0, 2.0)
+    assert (sp["kl_to_base"], sp["opponent_mixture"], sp["history"]) == (0.3, "uniform", 3)
+
+
 def test_num_epochs_follows_iterations_times_epochs(load):
     cfg = load(selfplay={"iterations": 2, "epochs_per_iteration": 3})
     assert cfg.num_epochs == 6
@@ -84,7 +92,14 @@ def test_plain_dpo_config_is_untouched(load):
         ({"selfplay": {"iterations": 2}, "num_epochs": 3}, "`num_epochs: 3` disagrees with `selfplay.iterations`"),
         ({"selfplay": {"beta": 0}}, "invalid `selfplay.beta`: Input should be greater than 0"),
         ({"selfplay": {"type": "lsp"}}, "contradicts"),
-        ({"rl": "spin_chi2"}, "`rl: spin_chi2` is not available"),
+        ({"rl": "lsp"}, "`rl: lsp` is not available"),
+        ({"rl": "spin_chi2", "selfplay": {"chi2_alpha": 1.0}}, "invalid `selfplay.chi2_alpha`: Input should be less than 1"),
+        ({"rl": "spin_chi2", "selfplay": {"chi2_alpha": 0}}, "invalid `selfplay.chi2_alpha`: Input should be greater than 0"),
+        ({"rl": "spin_chi2", "selfplay": {"chi2_coef": -1}}, "invalid `selfplay.chi2_coef`: Input should be greater than 0"),
+        ({"rl": "spin_chi2", "selfplay": {"reward_clip": 0}}, "invalid `selfplay.reward_clip`: Input should be greater than 0"),
+        ({"selfplay": {"chi2_coef": 1.0}}, "`selfplay.chi2_coef` only applies to `rl: spin_chi2`"),
+        ({"selfplay": {"kl_to_base": 1.5}}, "invalid `selfplay.kl_to_base`: Input should be less than or equal to 1"),
+        ({"selfplay": {"opponent_mixture": "average"}}, "invalid `selfplay.opponent_mixture`: Input should be 'latest' or 'uniform'"),
     ],
 )
 def test_bad_input_errors_name_the_key(load, overrides, message):

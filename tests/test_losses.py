@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from axolotl_selfplay.logprobs import IGNORE_INDEX, pad_sequences, sequence_logps
-from axolotl_selfplay.losses import spin_loss
+from axolotl_selfplay.losses import mix_reference, spin_chi2_loss, spin_loss
 
 
 def _t(*values):
@@ -74,23 +74,10 @@ def test_pad_sequences_literal_tokens():
     assert batch["labels"].tolist() == [[-100, -100, -100, 2]]
 
 
-def test_spin_equals_trl_dpo_sigmoid_loss(tiny_model_dir):
-    """Our log-probs + SPIN loss equal TRL DPOTrainer's loss (sigmoid, chosen = real,
-    rejected = generated, precomputed reference log-probs) on the same model and tokens."""
+def _trl_dpo_loss(model, batch, ref_chosen, ref_rejected, beta):
+    """TRL DPOTrainer's own loss code on our tensors (sigmoid, precomputed reference)."""
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).train()
-    prompts = [[1, 40, 41, 42], [1, 43, 44]]
-    reals = [[50, 51, 2], [52, 2]]
-    generated = [[60, 2], [61, 62, 63, 2]]
-    batch = pad_sequences(prompts + prompts, reals + generated, pad_token_id=0)
-    ref = torch.tensor([-30.0, -20.0, -25.0, -40.0])
-
-    logps = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
-    ours, _, _ = spin_loss(logps[:2], logps[2:], ref[:2], ref[2:], beta=0.1)
 
     # A DPOTrainer without __init__: its own loss code, our tensors, no dataset or reference model.
     fake_trainer = DPOTrainer.__new__(DPOTrainer)
@@ -105,7 +92,7 @@ def test_spin_equals_trl_dpo_sigmoid_loss(tiny_model_dir):
         f_alpha_divergence_coef=1.0,
         loss_types=["sigmoid"],
         loss_weights=[1.0],
-        beta=0.1,
+        beta=beta,
         use_weighting=False,
         use_liger_kernel=False,
         label_smoothing=0.0,
@@ -119,11 +106,106 @@ def test_spin_equals_trl_dpo_sigmoid_loss(tiny_model_dir):
         "input_ids": batch["input_ids"],
         "attention_mask": batch["attention_mask"],
         "completion_mask": (batch["labels"] != IGNORE_INDEX).long(),
-        "ref_chosen_logps": ref[:2],
-        "ref_rejected_logps": ref[2:],
+        "ref_chosen_logps": ref_chosen,
+        "ref_rejected_logps": ref_rejected,
     }
     try:
-        trl_loss = DPOTrainer._compute_loss(fake_trainer, model, inputs, return_outputs=False)
+        return DPOTrainer._compute_loss(fake_trainer, model, inputs, return_outputs=False)
     except AttributeError as missing:  # TRL added a bookkeeping attribute we do not fake
         pytest.fail(f"TRL's DPO loss needs another attribute on the fake trainer: {missing}")
+
+
+def _pair_batch_and_logps(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).train()
+    prompts = [[1, 40, 41, 42], [1, 43, 44]]
+    reals = [[50, 51, 2], [52, 2]]
+    generated = [[60, 2], [61, 62, 63, 2]]
+    batch = pad_sequences(prompts + prompts, reals + generated, pad_token_id=0)
+    logps = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    return model, batch, logps
+
+
+def test_spin_equals_trl_dpo_sigmoid_loss(tiny_model_dir):
+    """Our log-probs + SPIN loss equal TRL DPOTrainer's loss (sigmoid, chosen = real,
+    rejected = generated, precomputed reference log-probs) on the same model and tokens."""
+    model, batch, logps = _pair_batch_and_logps(tiny_model_dir)
+    ref = torch.tensor([-30.0, -20.0, -25.0, -40.0])
+    ours, _, _ = spin_loss(logps[:2], logps[2:], ref[:2], ref[2:], beta=0.1)
+    trl_loss = _trl_dpo_loss(model, batch, ref[:2], ref[2:], beta=0.1)
     assert ours.mean().item() == pytest.approx(trl_loss.item(), abs=1e-5)
+
+
+def test_kl_to_base_one_is_dpo_against_the_starting_model(tiny_model_dir):
+    """a = 1: the reference is θ_0 alone, so SPIN's loss equals TRL's DPO loss with
+    the starting model's log-probs as reference, whatever θ_t's log-probs are."""
+    model, batch, logps = _pair_batch_and_logps(tiny_model_dir)
+    lp_iterate = torch.tensor([-31.0, -22.0, -24.0, -41.0])
+    lp_base = torch.tensor([-30.0, -20.0, -25.0, -40.0])
+    ref = mix_reference(lp_iterate, lp_base, kl_to_base=1.0)
+    ours, _, _ = spin_loss(logps[:2], logps[2:], ref[:2], ref[2:], beta=0.1)
+    trl_loss = _trl_dpo_loss(model, batch, lp_base[:2], lp_base[2:], beta=0.1)
+    assert ours.mean().item() == pytest.approx(trl_loss.item(), abs=1e-5)
+
+
+def test_kl_to_base_zero_is_spin_exactly():
+    lp_iterate, lp_base = _t(-31.0, -22.0), _t(-30.0, -20.0)
+    assert mix_reference(lp_iterate, lp_base, 0.0) is lp_iterate
+    assert torch.equal(mix_reference(lp_iterate, None, 0.0), lp_iterate)
+    # a = 0.25: 0.75·(-31) + 0.25·(-30) = -30.75 ; 0.75·(-22) + 0.25·(-20) = -21.5
+    assert mix_reference(lp_iterate, lp_base, 0.25).tolist() == [-30.75, -21.5]
+    with pytest.raises(ValueError):
+        mix_reference(lp_iterate, None, 0.5)
+
+
+def test_spin_chi2_hand_value():
+    """β = 0.1 and the numbers of the SPIN hand value: r⁺ = 0.1·(-100 + 105) = 0.5,
+    r⁻ = 0.1·(-120 + 118) = -0.2; α = 0.5, c = 0.5:
+    loss = -(0.5 + 0.2) + 0.5·(0.5·0.25 + 0.5·0.04) = -0.7 + 0.0725 = -0.6275."""
+    losses, real, generated, penalty = spin_chi2_loss(_t(-100), _t(-120), _t(-105), _t(-118), beta=0.1)
+    assert losses.item() == pytest.approx(-0.6275, abs=1e-6)
+    assert (real.item(), generated.item()) == pytest.approx((0.5, -0.2))
+    assert penalty.item() == pytest.approx(0.0725, abs=1e-6)
+
+
+def test_spin_chi2_is_zero_at_init_with_twice_spins_gradient():
+    """θ = θ_t: r⁺ = r⁻ = 0, loss 0, gradient -β on lp(y) and +β on lp(y'), i.e. twice SPIN's ±β/2."""
+    lp_real = torch.tensor([-10.0], requires_grad=True)
+    lp_gen = torch.tensor([-12.0], requires_grad=True)
+    losses, _, _, _ = spin_chi2_loss(lp_real, lp_gen, _t(-10), _t(-12), beta=0.1)
+    assert losses.item() == 0.0
+    losses.sum().backward()
+    assert lp_real.grad.item() == pytest.approx(-0.1) and lp_gen.grad.item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("alpha, coef", [(0.5, 0.5), (0.25, 1.0), (0.8, 0.3)])
+def test_spin_chi2_optimal_reward_is_bounded(alpha, coef):
+    """Minimising the expected loss over a free reward r for a response that is only
+    real (p = 1, q = 0) reaches 1/(2cα); only generated (p = 0, q = 1): -1/(2c(1-α));
+    mixed p = q: 0. (Pointwise optimum r* = (p - q)/(2c(αp + (1-α)q)).)"""
+    def optimum(p, q):
+        r = torch.zeros(1, requires_grad=True)
+        optimiser = torch.optim.SGD([r], lr=0.2)
+        for _ in range(3000):
+            optimiser.zero_grad()
+            # r as a reward on the real side with weight p and on the generated side with weight q
+            real_loss, _, _, _ = spin_chi2_loss(r, torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=1.0, alpha=alpha, coef=coef)
+            gen_loss, _, _, _ = spin_chi2_loss(torch.zeros(1), r, torch.zeros(1), torch.zeros(1), beta=1.0, alpha=alpha, coef=coef)
+            (p * real_loss + q * gen_loss).sum().backward()
+            optimiser.step()
+        return r.item()
+
+    assert optimum(1.0, 0.0) == pytest.approx(1 / (2 * coef * alpha), rel=1e-3)
+    assert optimum(0.0, 1.0) == pytest.approx(-1 / (2 * coef * (1 - alpha)), rel=1e-3)
+    assert optimum(0.5, 0.5) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_reward_clip_bounds_rewards_and_stops_their_gradient():
+    lp_real = torch.tensor([0.0, 0.0], requires_grad=True)
+    ref_real = _t(-30.0, -3.0)  # r⁺ = 0.1·30 = 3 (clipped to 1), 0.1·3 = 0.3
+    losses, real, _, _ = spin_chi2_loss(lp_real, _t(0.0, 0.0), ref_real, _t(0.0, 0.0), beta=0.1, reward_clip=1.0)
+    assert real.tolist() == pytest.approx([1.0, 0.3])
+    losses.sum().backward()
+    assert lp_real.grad[0].item() == 0.0 and lp_real.grad[1].item() != 0.0

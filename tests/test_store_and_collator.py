@@ -207,3 +207,51 @@ def test_check_conversations_role_mappings_and_errors():
         check_conversations(sharegpt, {}, "sharegpt")
     with pytest.raises(ValueError, match="no prompt"):
         check_conversations({"messages": [[{"role": "assistant", "content": "x"}]]}, {}, "lonely")
+
+
+def test_uniform_mixture_draws_every_stored_iterate():
+    """Fictitious play: one opponent per example per step, uniform over the pool of
+    the last h = 3 iterations; over 3000 seeded draws each iterate is drawn ~1/3 of the time."""
+    import random
+    from collections import Counter
+
+    store = _store(history=3)
+    pool = [Opponent(it, [40 + it, EOS], False, USABLE, -1.0) for it in range(3)]
+    store.set_iteration(2, [0.0] * 3, [list(pool) for _ in range(3)])
+    rng = random.Random(0)
+    drawn = Counter()
+    for _ in range(1000):
+        pairs, counts = store.pairs([0, 1, 2], "uniform", rng)
+        assert len(pairs) == 3 and counts["candidates"] == 9
+        drawn.update(p.opponent.iteration for p in pairs)
+    assert set(drawn) == {0, 1, 2}
+    assert all(900 < n < 1100 for n in drawn.values()), drawn
+    again = store.pairs([0, 1, 2], "uniform", random.Random(5))[0]
+    assert again == store.pairs([0, 1, 2], "uniform", random.Random(5))[0]  # seeded
+    latest, _ = store.pairs([0], "latest")
+    assert [p.opponent.iteration for p in latest] == [0, 1, 2]
+
+
+def test_uniform_mixture_skips_dropped_opponents():
+    import random
+
+    store = _store(history=2)
+    store.set_iteration(1, [0.0] * 3, [[Opponent(0, [EOS], False, EMPTY), Opponent(1, [41, EOS], False, USABLE, -1.0)], [], []])
+    for seed in range(20):
+        pairs, counts = store.pairs([0], "uniform", random.Random(seed))
+        assert [p.opponent.iteration for p in pairs] == [1] and counts["empty"] == 1
+
+
+def test_base_logps_travel_with_the_batch_and_the_checkpoint(tmp_path):
+    store = _store()
+    store.set_iteration(0, [-1.0, -2.0, -3.0], [[Opponent(0, [30, EOS], False, USABLE, -4.0, -4.5)], [], []], [-1.5, -2.5, -3.5])
+    pairs, _ = store.pairs([0])
+    batch = pair_batch(store, [0], pairs, pad_token_id=0)
+    assert batch["base_real_logps"].tolist() == [-1.5] and batch["base_generated_logps"].tolist() == [-4.5]
+    store.save(str(tmp_path))
+    loaded = _store()
+    loaded.load(str(tmp_path))
+    assert loaded.base_logp_real == [-1.5, -2.5, -3.5] and loaded.pool[0][0].base_logp == -4.5
+    plain = _store()
+    plain.set_iteration(0, [-1.0, -2.0, -3.0], [[Opponent(0, [30, EOS], False, USABLE, -4.0)], [], []])
+    assert "base_real_logps" not in pair_batch(plain, [0], plain.pairs([0])[0], pad_token_id=0)

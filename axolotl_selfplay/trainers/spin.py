@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
@@ -36,8 +37,9 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples
 from ..logprobs import sequence_logps
-from ..losses import spin_loss
+from ..losses import mix_reference, spin_chi2_loss, spin_loss
 from ..opponent import OpponentStore
+from ..reference import StartingModel
 
 LOG = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class SelfPlayTrainer(AxolotlTrainer):
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self.opponents.history = self.selfplay_config.history
+        self.starting_model = StartingModel(self.axolotl_cfg)  # θ_0, used with kl_to_base
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint
@@ -126,7 +129,10 @@ class SelfPlayTrainer(AxolotlTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         sp = self.selfplay_config
         examples = inputs[INDEX_COLUMN].tolist()
-        pairs, counts = self.opponents.pairs(examples)
+        # Fictitious play draws opponents with an RNG keyed by (seed, step, batch),
+        # so a resumed run draws the same ones.
+        rng = random.Random(hash((self.args.seed, self.state.global_step, tuple(examples))))
+        pairs, counts = self.opponents.pairs(examples, sp.opponent_mixture, rng)
         batch = pair_batch(self.opponents, examples, pairs, self.pad_token_id)
         device = self.accelerator.device
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -137,32 +143,44 @@ class SelfPlayTrainer(AxolotlTrainer):
         logps = sequence_logps(outputs.logits, batch["labels"])
         real_logps = logps[batch["real_row"]]
         generated_logps = logps[len(examples) :]
-        if pairs:
-            losses, real_rewards, generated_rewards = spin_loss(
-                real_logps,
-                generated_logps,
-                batch["ref_real_logps"],
-                batch["ref_generated_logps"],
-                beta=sp.beta,
-                loss_type=sp.loss_type,
-            )
-            loss = losses.mean()
-        else:
+        ref_real = mix_reference(batch["ref_real_logps"], batch.get("base_real_logps"), sp.kl_to_base)
+        ref_generated = mix_reference(batch["ref_generated_logps"], batch.get("base_generated_logps"), sp.kl_to_base)
+        penalties = None
+        if not pairs:
             # Every opponent of this batch was dropped: a zero loss that still
             # touches every parameter, so all ranks run the same backward.
             loss = logps.sum() * 0.0
             real_rewards = generated_rewards = logps.new_zeros(0)
-        self._store_pair_metrics(counts, real_rewards, generated_rewards, real_logps, generated_logps)
+            penalties = logps.new_zeros(0) if sp.type == "spin_chi2" else None
+        elif sp.type == "spin_chi2":
+            losses, real_rewards, generated_rewards, penalties = spin_chi2_loss(
+                real_logps,
+                generated_logps,
+                ref_real,
+                ref_generated,
+                beta=sp.beta,
+                alpha=sp.chi2_alpha,
+                coef=sp.chi2_coef,
+                reward_clip=sp.reward_clip,
+            )
+            loss = losses.mean()
+        else:
+            losses, real_rewards, generated_rewards = spin_loss(
+                real_logps, generated_logps, ref_real, ref_generated, beta=sp.beta, loss_type=sp.loss_type
+            )
+            loss = losses.mean()
+        self._store_pair_metrics(counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties)
         return (loss, outputs) if return_outputs else loss
 
     # -- metrics ---------------------------------------------------------------
 
-    def _store_pair_metrics(self, counts, real_rewards, generated_rewards, real_logps, generated_logps):
+    def _store_pair_metrics(self, counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties):
         """Sums over this rank's pairs, reduced over ranks, then averaged per pair."""
         real_rewards = real_rewards.detach().float()
         generated_rewards = generated_rewards.detach().float()
         sums = torch.tensor(
             [
+                0.0 if penalties is None else penalties.float().sum(),
                 real_rewards.sum(),
                 generated_rewards.sum(),
                 (real_rewards - generated_rewards).sum(),
@@ -182,7 +200,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         )
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        (r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty, candidates) = sums.tolist()
+        (penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty, candidates) = sums.tolist()
         per_pair = max(n, 1.0)
         metrics = {
             "rewards/real": r_real / per_pair,
@@ -198,6 +216,8 @@ class SelfPlayTrainer(AxolotlTrainer):
             "opponent/age": age / per_pair,
             "selfplay/iteration": float(self.opponents.iteration),
         }
+        if penalties is not None:
+            metrics["chi2/penalty"] = penalty / per_pair
         self.store_metrics(metrics)
 
     def log_refresh_summary(self) -> None:

@@ -1,0 +1,97 @@
+"""The starting model θ_0, for `kl_to_base` (α-SPIN's reference mixture).
+
+No second model is kept on the accelerator:
+- LoRA: θ_0 is the base model with the adapter disabled (free). If the run starts
+  from an existing adapter (`lora_model_dir`) that adapter is part of θ_0 but is
+  disabled here too; a warning says so.
+- Full fine-tuning: a CPU copy of the trainable weights (memory: one copy of the
+  trainable parameters in host RAM, e.g. ~14 GB for a 7B model in bf16). It is
+  taken at the first opponent refresh of a fresh run, when the policy still is
+  θ_0, or loaded from `base_model` when a run resumes. To score under θ_0 the
+  copy is swapped into the live parameters and swapped back afterwards, one
+  tensor at a time (under ZeRO-3 this happens inside the gathered-parameter
+  context of the generation pass).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+
+LOG = logging.getLogger(__name__)
+
+
+def is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+class StartingModel:
+    def __init__(self, axolotl_cfg):
+        self.cfg = axolotl_cfg
+        self._weights: dict[str, torch.Tensor] | None = None
+
+    def snapshot(self, model) -> None:
+        """Copy θ_0's trainable weights to CPU; `model` must still hold θ_0."""
+        if is_peft_model(model):
+            return
+        self._weights = {
+            name: param.detach().to("cpu", copy=True)
+            for name, param in model.named_parameters()
+            if param.requires_grad
+        }
+
+    @contextmanager
+    def active(self, model):
+        """Within the block, `model` computes θ_0's log-probs."""
+        if is_peft_model(model):
+            if self.cfg.get("lora_model_dir"):
+                LOG.warning(
+                    "kl_to_base with `lora_model_dir`: the starting model is the base model "
+                    "WITHOUT your existing adapter"
+                )
+            with model.disable_adapter():
+                yield model
+            return
+        if self._weights is None:
+            self._weights = self._load_from_base_model(model)
+        self._swap(model)
+        try:
+            yield model
+        finally:
+            self._swap(model)
+
+    def _swap(self, model) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, stored in self._weights.items():
+                param = params[name]
+                live = param.data.to("cpu", copy=True)
+                param.data.copy_(stored.to(device=param.device, dtype=param.dtype))
+                self._weights[name] = live
+
+    def _load_from_base_model(self, model) -> dict[str, torch.Tensor]:
+        from transformers import AutoModelForCausalLM
+
+        LOG.info("kl_to_base: loading the starting weights from %s to CPU", self.cfg.get("base_model"))
+        base = AutoModelForCausalLM.from_pretrained(
+            self.cfg.get("base_model"),
+            torch_dtype=next(model.parameters()).dtype,
+            revision=self.cfg.get("revision_of_model") or "main",
+            trust_remote_code=bool(self.cfg.get("trust_remote_code")),
+        )
+        state = base.state_dict()
+        weights = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name not in state or tuple(state[name].shape) != tuple(param.shape):
+                raise ValueError(
+                    f"kl_to_base: parameter `{name}` of the policy does not match `base_model` "
+                    f"{self.cfg.get('base_model')} (resized embeddings?). Resume is not possible with "
+                    "kl_to_base for this model: restart the run, or set `kl_to_base: 0`."
+                )
+            weights[name] = state[name].detach().to("cpu", copy=True)
+        del base, state
+        return weights

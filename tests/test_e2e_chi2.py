@@ -1,0 +1,74 @@
+"""End-to-end: `rl: spin_chi2` with the regularisers (kl_to_base, fictitious play), full FT and LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO, Run, axolotl_train, base_config, python_script, read_jsonl, write_config
+
+pytestmark = pytest.mark.e2e
+RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")
+STEPS_PER_ITERATION = 4
+SELFPLAY = {
+    "iterations": 3,
+    "beta": 0.1,
+    "history": 2,
+    "kl_to_base": 0.5,
+    "opponent_mixture": "uniform",
+    "generation": {"max_new_tokens": 12, "batch_size": 32},
+}
+
+
+def _check_run(run: Run):
+    losses = dict(run.scalars("train/loss"))
+    assert len(losses) == 3 * STEPS_PER_ITERATION
+    # iteration 0: θ = θ_t = θ_0, so r⁺ = r⁻ = 0 and the loss is exactly 0
+    assert losses[1] == pytest.approx(0.0, abs=1e-5)
+    logs = run.logs()
+    assert "chi2/penalty" in logs[0] and logs[0]["chi2/penalty"] == pytest.approx(0.0, abs=1e-6)
+    assert max(row["chi2/penalty"] for row in logs) > 0
+    # fictitious play with h = 2 uses iteration t-1's opponents too
+    assert max(row["opponent/age"] for row in logs[STEPS_PER_ITERATION:]) > 0
+    # θ_0's log-prob of each real response is the same in every iteration's export and
+    # equals θ_t's at iteration 0 (the starting model really is θ_0 every time)
+    exports = [read_jsonl(run.output_dir / "selfplay" / f"iter_{t}.jsonl") for t in range(3)]
+    for t in (1, 2):
+        for first, later in zip(exports[0], exports[t]):
+            assert later["base_logp_real"] == pytest.approx(first["ref_logp_real"], abs=1e-3)
+    assert any(abs(r["ref_logp_real"] - r["base_logp_real"]) > 1e-2 for r in exports[2])
+
+
+def test_spin_chi2_full_finetune_with_regularisers(tmp_path, tiny_model_dir):
+    cfg = base_config(tiny_model_dir, tmp_path, rl="spin_chi2", selfplay=SELFPLAY)
+    run = axolotl_train(cfg, tmp_path / "chi2.yml")
+    assert run.returncode == 0, run.output[-5000:]
+    _check_run(run)
+    start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    end = load_file(str(run.output_dir / "model.safetensors"))
+    assert not [name for name in start if start[name].equal(end[name])]
+
+
+def test_spin_chi2_lora_with_regularisers(tmp_path, tiny_model_dir):
+    cfg = base_config(
+        tiny_model_dir,
+        tmp_path,
+        rl="spin_chi2",
+        selfplay=SELFPLAY,
+        adapter="lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lora_target_linear=True,
+        learning_rate=5e-3,
+    )
+    config = write_config(cfg, tmp_path / "chi2-lora.yml")
+    report = tmp_path / "moved.json"
+    proc = python_script([RUN_TRAIN, str(config), "--param-report", str(report)], cwd=str(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    _check_run(Run(proc, cfg))
+    moved = json.loads(report.read_text())
+    assert moved and all(moved.values()), [n for n, m in moved.items() if not m]
