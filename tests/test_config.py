@@ -140,7 +140,7 @@ def test_cli_error_before_model_load_leaves_no_output(tmp_path, tiny_model_dir):
     assert "Loading model" not in run.output
 
 
-@pytest.mark.parametrize("name", ["tiny-spin-cpu.yml", "spin.yml"])
+@pytest.mark.parametrize("name", ["tiny-spin-cpu.yml", "spin.yml", "spin_chi2.yml", "spin_chi2_lora.yml"])
 def test_example_configs_validate(load, name, tiny_model_dir, tmp_path):
     """The shipped examples pass Axolotl's validation (model and data paths pointed at
     local files; the GPU example keeps its ZeRO-3 / FlashAttention / paper settings)."""
@@ -155,5 +155,5 @@ def test_example_configs_validate(load, name, tiny_model_dir, tmp_path):
         overrides["plugins"] = [PLUGIN]
     raw.pop("revision_of_model", None)
     cfg = load(raw, **overrides)
-    assert cfg.rl is None and cfg.selfplay["type"] == "spin"
+    assert cfg.rl is None and cfg.selfplay["type"] == raw["rl"]
     assert cfg.num_epochs == cfg.selfplay["iterations"] * cfg.selfplay["epochs_per_iteration"]

@@ -1,4 +1,4 @@
-"""SelfPlayTrainer: SPIN on Axolotl's causal (SFT) trainer.
+"""SelfPlayTrainer: SPIN and χ² self-play (`spin`, `spin_chi2`) on Axolotl's causal trainer.
 
 Flow, top to bottom:
 1. `__init__`: split every tokenized training row into prompt x and real
@@ -7,9 +7,10 @@ Flow, top to bottom:
 2. At the first epoch of each iteration the OpponentGenerationCallback makes the
    current policy θ_t the opponent: it generates y', scores lp_θt(y|x) and
    lp_θt(y'|x), and installs them in the store (callbacks.py).
-3. `compute_loss`: joins the batch's examples with their opponents, runs ONE
-   forward over [real; generated], and applies the SPIN loss (losses.py).
-   Generation never happens here.
+3. `compute_loss`: joins the batch's examples with their opponents (all pooled
+   ones, or one drawn uniformly for fictitious play), runs ONE forward over
+   [real; generated], mixes the reference toward θ_0 when `kl_to_base` > 0, and
+   applies the SPIN or χ² loss (losses.py). Generation never happens here.
 4. `_save_checkpoint` saves the store beside the checkpoint; `train` loads it
    when resuming, so a resumed run keeps its opponents.
 
