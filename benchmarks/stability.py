@@ -81,12 +81,15 @@ def per_iteration(out: Path, iterations: int) -> list[dict]:
     logp = dict(scalars(out, "train/logps/real"))
     real = dict(scalars(out, "train/rewards/real"))
     gen = dict(scalars(out, "train/rewards/generated"))
+    identical = dict(scalars(out, "train/opponent/identical_frac"))
     rows = []
     for t in range(iterations):
         steps = sorted(s for s, it in iteration.items() if round(it) == t)
         rows.append({
+            "logp_start": logp[steps[0]],  # first step of the iteration: logp under θ_t
             "logp_real": logp[steps[-1]],
             "max_abs_reward": max(max(abs(real[s]), abs(gen[s])) for s in steps),
+            "identical": statistics.fmean(identical[s] for s in steps),
         })
     return rows
 
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--epochs-per-iteration", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -133,11 +136,18 @@ def main() -> None:
 
     print(f"\nlr {args.lr}, β {args.beta}, {args.epochs_per_iteration} epochs/iteration, seeds {args.seeds}; "
           "mean ± sd over seeds; χ² reward bound at the defaults: [-2, 2]\n")
-    print("| iteration | spin logp(y) | spin_chi2 logp(y) | spin max abs(reward) | spin_chi2 max abs(reward) |")
-    print("|---|---|---|---|---|")
+    print(f"log-prob of the real responses under the SFT start: spin {cell('spin', 0, 'logp_start')}, "
+          f"spin_chi2 {cell('spin_chi2', 0, 'logp_start')}\n")
+    print("| iteration | spin logp(y) | spin_chi2 logp(y) | spin max abs(reward) | spin_chi2 max abs(reward) "
+          "| spin identical y' | spin_chi2 identical y' |")
+    print("|---|---|---|---|---|---|---|")
     for t in range(args.iterations):
         print(f"| {t} | {cell('spin', t, 'logp_real')} | {cell('spin_chi2', t, 'logp_real')} | "
-              f"{cell('spin', t, 'max_abs_reward')} | {cell('spin_chi2', t, 'max_abs_reward')} |")
+              f"{cell('spin', t, 'max_abs_reward')} | {cell('spin_chi2', t, 'max_abs_reward')} | "
+              f"{cell('spin', t, 'identical')} | {cell('spin_chi2', t, 'identical')} |")
+    print("\nlogp(y): batch mean of log π_θ(y|x) at the last step of the iteration; max abs(reward): largest "
+          "logged batch mean of |β·log π_θ/π_θt| over y and y' in the iteration; identical y': fraction of "
+          "opponents equal to y (dropped).")
 
 
 if __name__ == "__main__":

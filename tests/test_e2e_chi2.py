@@ -72,3 +72,16 @@ def test_spin_chi2_lora_with_regularisers(tmp_path, tiny_model_dir):
     _check_run(Run(proc, cfg))
     moved = json.loads(report.read_text())
     assert moved and all(moved.values()), [n for n, m in moved.items() if not m]
+
+
+def test_spin_chi2_first_loss_of_each_iteration_is_zero(tmp_path, tiny_model_dir):
+    """Without kl_to_base the reference is θ_t, so r⁺ = r⁻ = 0 at every iteration start."""
+    selfplay = {"iterations": 2, "generation": {"max_new_tokens": 12, "batch_size": 32}}
+    run = axolotl_train(base_config(tiny_model_dir, tmp_path, rl="spin_chi2", selfplay=selfplay), tmp_path / "c.yml")
+    assert run.returncode == 0, run.output[-5000:]
+    losses = dict(run.scalars("train/loss"))
+    assert losses[1] == pytest.approx(0.0, abs=1e-5)
+    assert losses[1 + STEPS_PER_ITERATION] == pytest.approx(0.0, abs=1e-5)
+    assert losses[STEPS_PER_ITERATION] < -0.01  # the linear reward term pulls the loss below 0
+    # the rewards stay inside the χ² bound [-1/(2c(1-α)), 1/(2cα)] = [-2, 2]
+    assert all(abs(row[k]) <= 2.0 for row in run.logs() for k in ("rewards/real", "rewards/generated"))
