@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) a virtualenv with Axolotl and axolotl-selfplay installed.
-#   scripts/setup_env.sh 0.19   -> .venv/axolotl-0.19  (Python 3.11, torch 2.13.0 CPU)
+#   scripts/setup_env.sh 0.19   -> .venv/axolotl-0.19  (Python 3.11, torch 2.13.0 CPU, DeepSpeed)
 #   scripts/setup_env.sh 0.21   -> .venv/axolotl-0.21  (Python 3.12; pip pulls Axolotl's CUDA torch build, ~4 GB)
 # Prints the venv path on the last line. Re-running is cheap: the install is skipped
 # while pyproject.toml is unchanged.
@@ -21,8 +21,8 @@ find_python() {
 }
 
 case "$version" in
-  0.19) python="$(find_python 3.11)"; pins=("torch==2.13.0" "axolotl==0.19.*") ;;
-  0.21) python="$(find_python 3.12)"; pins=("axolotl==0.21.*") ;;
+  0.19) python="$(find_python 3.11)"; pins=("torch==2.13.0" "axolotl==0.19.*" "deepspeed>=0.18.6,<0.19") ;;
+  0.21) python="$(find_python 3.12)"; pins=("axolotl==0.21.*" "deepspeed>=0.18.6,<0.20") ;;
   *) echo "unknown Axolotl version '$version' (use 0.19 or 0.21)" >&2; exit 2 ;;
 esac
 
@@ -39,6 +39,7 @@ if [ "$version" = "0.19" ]; then
   # torch first, so Axolotl's torch requirement is met by the CPU build
   "${pip[@]}" install "torch==2.13.0" >&2 2> >(grep -v "WARNING: Location" >&2)
 fi
-"${pip[@]}" install "${pins[@]}" -e "$repo[test]" >&2 2> >(grep -v "WARNING: Location" >&2)
+# DeepSpeed (for the 2-process ZeRO tests) builds no CUDA ops with DS_BUILD_OPS=0.
+DS_BUILD_OPS=0 "${pip[@]}" install "${pins[@]}" -e "$repo[test]" >&2 2> >(grep -v "WARNING: Location" >&2)
 echo "$want" > "$stamp"
 echo "$venv"

@@ -1,0 +1,105 @@
+"""CPU-TEST SCAFFOLDING ONLY — never part of the shipped plugin.
+
+Loaded by every Python process started with this folder on PYTHONPATH (the
+2-process tests in tests/test_distributed.py put it there). Inside torchrun
+workers (LOCAL_RANK set) on a machine without CUDA it applies three workarounds
+that let accelerate / DeepSpeed / Axolotl run 2 CPU processes on gloo (measured in
+shared/research/deepspeed_cpu.md; none is needed on GPUs):
+
+1. accelerate picks no process-group backend on CPU unless `cpu=True`, which
+   disables DeepSpeed: force "gloo" (and MULTI_CPU for plain DDP).
+2. gloo's all_gather_into_tensor writes into views with autograd on, which ZeRO-2's
+   optimizer step trips over: run DeepSpeed's collectives under no_grad.
+3. Axolotl maps `device_map` to the integer LOCAL_RANK under DDP / ZeRO-2 ("GPU N"):
+   map integer device maps to "cpu".
+It also skips DeepSpeed's JIT build of an inference-only shared-memory op (45 s).
+
+With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent store
+to DIR/rank{RANK}.json when training ends, so a test can check all ranks agree.
+"""
+
+import functools
+import os
+
+if "LOCAL_RANK" in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+
+        def _patch_accelerate():
+            import accelerate.state as state
+
+            original = state.PartialState._prepare_backend
+
+            def _prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+                backend_, distributed_type = original(self, cpu, sagemaker_dp, backend)
+                if backend_ is None and not cpu:
+                    backend_ = "gloo"
+                    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+                        distributed_type = state.DistributedType.MULTI_CPU
+                return backend_, distributed_type
+
+            state.PartialState._prepare_backend = _prepare_backend
+
+        def _patch_deepspeed_collectives():
+            import importlib
+
+            try:
+                backend = importlib.import_module("deepspeed.comm.torch")
+            except ImportError:
+                return
+            backend.build_shm_op = lambda: None  # inference-only op; skip its JIT build
+            for name in ("all_gather_into_tensor", "all_gather_base", "reduce_scatter_tensor"):
+                fn = getattr(backend.TorchBackend, name, None)
+                if fn is None:
+                    continue
+
+                def make(fn):
+                    @functools.wraps(fn)
+                    def wrapper(*args, **kwargs):
+                        with torch.no_grad():
+                            return fn(*args, **kwargs)
+
+                    return wrapper
+
+                setattr(backend.TorchBackend, name, make(fn))
+
+        def _patch_device_map():
+            from transformers import modeling_utils
+
+            original = modeling_utils.PreTrainedModel.__dict__["from_pretrained"].__func__
+
+            @functools.wraps(original)
+            def from_pretrained(cls, *args, **kwargs):
+                device_map = kwargs.get("device_map")
+                if isinstance(device_map, int):
+                    kwargs["device_map"] = "cpu"
+                elif isinstance(device_map, dict):
+                    kwargs["device_map"] = {k: "cpu" if isinstance(v, int) else v for k, v in device_map.items()}
+                return original(cls, *args, **kwargs)
+
+            modeling_utils.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+        _patch_accelerate()
+        _patch_deepspeed_collectives()
+        _patch_device_map()
+
+    if os.environ.get("SELFPLAY_TEST_STORE_DUMP"):
+        import hashlib
+        import json
+
+        from transformers import Trainer
+
+        _train = Trainer.train
+
+        def train(self, *args, **kwargs):
+            result = _train(self, *args, **kwargs)
+            store = getattr(self, "opponents", None)
+            if store is not None:
+                digest = hashlib.sha256(json.dumps(store.state_dict(), sort_keys=True).encode()).hexdigest()
+                path = os.path.join(os.environ["SELFPLAY_TEST_STORE_DUMP"], f"rank{os.environ['RANK']}.json")
+                with open(path, "w") as f:
+                    json.dump({"iteration": store.iteration, "examples": len(store), "digest": digest}, f)
+            return result
+
+        Trainer.train = train
