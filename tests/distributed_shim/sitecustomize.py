@@ -12,6 +12,8 @@ shared/research/deepspeed_cpu.md; none is needed on GPUs):
    optimizer step trips over: run DeepSpeed's collectives under no_grad.
 3. Axolotl maps `device_map` to the integer LOCAL_RANK under DDP / ZeRO-2 ("GPU N"):
    map integer device maps to "cpu".
+4. Axolotl 0.21 asks torch.cuda.can_device_access_peer when WORLD_SIZE > 1, which
+   raises without a GPU (CUDA torch build): answer "no peer access".
 It also skips DeepSpeed's JIT build of an inference-only shared-memory op (45 s).
 
 With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent store
@@ -83,6 +85,7 @@ if "LOCAL_RANK" in os.environ:
         _patch_accelerate()
         _patch_deepspeed_collectives()
         _patch_device_map()
+        torch.cuda.can_device_access_peer = lambda device, peer: False
 
     if os.environ.get("SELFPLAY_TEST_STORE_DUMP"):
         import hashlib
