@@ -5,3 +5,11 @@ config once the package is installed.
 """
 
 __version__ = "0.1.0"
+
+import logging
+
+
+def get_logger(module_name: str) -> logging.Logger:
+    """A logger under Axolotl's `axolotl` namespace, so Axolotl's logging setup (level,
+    console, output_dir/debug.log) shows our messages like those of its own integrations."""
+    return logging.getLogger("axolotl.integrations.selfplay" + module_name.removeprefix("axolotl_selfplay"))

@@ -21,8 +21,12 @@ import os
 
 from transformers import TrainerCallback
 
-from .generation import generate_responses, score_responses
+from . import get_logger
+from .generation import generate_responses, pad_for_lockstep, score_responses
 from .opponent import USABLE, Opponent, classify
+from .reference import is_peft_model
+
+LOG = get_logger(__name__)
 
 
 def iteration_of_epoch(epoch: float, epochs_per_iteration: int) -> int:
@@ -63,10 +67,27 @@ def refresh_opponents(trainer, iteration: int) -> None:
 
     # A fresh run's first refresh: the policy still is θ_0.
     at_start = trainer.state.global_step == 0 and store.iteration == -1
-    with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as model:
+    # ZeRO-3 with `ds3_gather_for_generation: false`: weights stay sharded, so every
+    # generate/forward is a collective and all ranks must run the same batches.
+    ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    lockstep = world > 1 and not gen.ds3_gather_for_generation and getattr(ds_plugin, "zero_stage", 0) == 3
+    if lockstep and sp.kl_to_base > 0 and not is_peft_model(accelerator.unwrap_model(trainer.model_wrapped)):
+        raise ValueError(
+            "`selfplay.kl_to_base` with full fine-tuning under ZeRO-3 needs the gathered weights: "
+            "set `selfplay.generation.ds3_gather_for_generation: true` (or use LoRA)."
+        )
+    if lockstep:
+        LOG.info("self-play: generating with sharded ZeRO-3 weights (synced_gpus, lockstep batches)")
+
+    def pad(items, filler):
+        return pad_for_lockstep(items, filler, accelerator) if lockstep else items
+
+    with unwrap_model_for_generation(
+        trainer.model_wrapped, accelerator, gather_deepspeed3_params=gen.ds3_gather_for_generation
+    ) as model:
         generated = generate_responses(
             model,
-            prompts,
+            pad(prompts, store.prompts[0]),
             pad_token_id=pad_id,
             eos_token_ids=eos_ids,
             max_new_tokens=gen.max_new_tokens,
@@ -76,7 +97,8 @@ def refresh_opponents(trainer, iteration: int) -> None:
             batch_size=gen.batch_size,
             seed=(trainer.args.seed + 1_000_003 * (iteration + 1) + rank) % 2**63,
             show_progress=accelerator.is_main_process,
-        )
+            synced_gpus=lockstep,
+        )[: len(prompts)]
         pools, new = [], []
         for i, real, (tokens, truncated) in zip(shard, reals, generated):
             opponent = Opponent(iteration, tokens, truncated, classify(tokens, real, eos_ids))
@@ -86,8 +108,8 @@ def refresh_opponents(trainer, iteration: int) -> None:
         flat = [(k, o) for k, pool in enumerate(pools) for o in pool if o.status == USABLE]
         scores = score_responses(
             model,
-            prompts + [prompts[k] for k, _ in flat],
-            reals + [o.tokens for _, o in flat],
+            pad(prompts + [prompts[k] for k, _ in flat], store.prompts[0]),
+            pad(reals + [o.tokens for _, o in flat], store.reals[0]),
             pad_token_id=pad_id,
             batch_size=gen.batch_size,
             show_progress=accelerator.is_main_process,
@@ -98,7 +120,7 @@ def refresh_opponents(trainer, iteration: int) -> None:
         base_real = [store.base_logp_real[i] for i in shard]
         if sp.kl_to_base > 0:
             base_real = score_under_starting_model(
-                trainer, model, prompts, reals, ref_real, base_real, new, at_start
+                trainer, model, prompts, reals, ref_real, base_real, new, at_start, pad
             )
 
     part = [(shard, ref_real, base_real, pools)]
@@ -119,7 +141,7 @@ def refresh_opponents(trainer, iteration: int) -> None:
     trainer.log_refresh_summary()
 
 
-def score_under_starting_model(trainer, model, prompts, reals, ref_real, base_real, new, at_start):
+def score_under_starting_model(trainer, model, prompts, reals, ref_real, base_real, new, at_start, pad):
     """lp_θ0 of the real responses (once per run) and of this iteration's new y'.
 
     θ_0 never changes, so older pooled opponents keep the value computed when
@@ -133,11 +155,12 @@ def score_under_starting_model(trainer, model, prompts, reals, ref_real, base_re
             opponent.base_logp = opponent.ref_logp
         return list(ref_real)
     missing = [k for k, lp in enumerate(base_real) if lp is None]
+    store = trainer.opponents
     with trainer.starting_model.active(model):
         scores = score_responses(
             model,
-            [prompts[k] for k in missing] + [prompts[k] for k, _ in usable],
-            [reals[k] for k in missing] + [o.tokens for _, o in usable],
+            pad([prompts[k] for k in missing] + [prompts[k] for k, _ in usable], store.prompts[0]),
+            pad([reals[k] for k in missing] + [o.tokens for _, o in usable], store.reals[0]),
             pad_token_id=trainer.pad_token_id,
             batch_size=trainer.selfplay_config.generation.batch_size,
         )

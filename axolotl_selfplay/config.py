@@ -72,6 +72,14 @@ class SelfPlayGenerationConfig(BaseModel):
         "length before batching, so little compute is spent on padding.",
     )
 
+    ds3_gather_for_generation: bool = Field(
+        default=True,
+        description="DeepSpeed ZeRO-3 only. true: gather the full weights once per generation "
+        "pass (fast; each GPU must hold the whole model for a moment). false: generate with "
+        "the weights sharded (`synced_gpus`, much slower) for models larger than one GPU. "
+        "Same meaning as TRL's `ds3_gather_for_generation`.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _no_typos(cls, data: Any) -> Any:

@@ -71,8 +71,13 @@ def generate_responses(
     batch_size: int,
     seed: int,
     show_progress: bool = False,
+    synced_gpus: bool = False,
 ) -> list[tuple[list[int], bool]]:
-    """Generate one response per prompt; returns [(tokens, truncated)] in prompt order."""
+    """Generate one response per prompt; returns [(tokens, truncated)] in prompt order.
+
+    synced_gpus: ZeRO-3 without gathered weights; every rank must then call this
+    with the same number of prompts (see `pad_for_lockstep`).
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -97,6 +102,7 @@ def generate_responses(
                     pad_token_id=pad_token_id,
                     eos_token_id=sorted(eos_token_ids),
                     use_cache=True,
+                    synced_gpus=synced_gpus,
                     **sampling,
                 )
                 for row, i in enumerate(batch):
@@ -105,6 +111,16 @@ def generate_responses(
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def pad_for_lockstep(items: list, filler, accelerator) -> list:
+    """Pad `items` with `filler` to the longest length of this list on any rank.
+
+    Under ZeRO-3 without gathered weights every forward is a collective, so all
+    ranks must run the same number of batches; callers drop the padded results.
+    """
+    counts = accelerator.gather(torch.tensor([len(items)], device=accelerator.device))
+    return items + [filler] * (int(counts.max()) - len(items))
 
 
 @torch.no_grad()

@@ -13,13 +13,19 @@ class and uses a plugin collator.
 from __future__ import annotations
 
 import difflib
-import logging
 
 from axolotl.integrations.base import BasePlugin
 
-from .config import SELFPLAY_RL_TYPES, check_compatible, check_num_epochs, parse_selfplay_block, remap_rl
+from . import get_logger
+from .config import (
+    SELFPLAY_RL_TYPES,
+    check_compatible,
+    check_num_epochs,
+    parse_selfplay_block,
+    remap_rl,
+)
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 LORA_KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 

@@ -15,12 +15,13 @@ No second model is kept on the accelerator:
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 
 import torch
 
-LOG = logging.getLogger(__name__)
+from . import get_logger
+
+LOG = get_logger(__name__)
 
 
 def is_peft_model(model) -> bool:

@@ -120,7 +120,9 @@ class Run:
 
     def scalars(self, tag: str) -> list[tuple[int, float]]:
         """(step, value) of a TensorBoard scalar, full float precision."""
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         values = []
         for events in sorted((self.output_dir / "runs").rglob("events.out.tfevents.*")):

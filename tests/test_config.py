@@ -7,10 +7,16 @@ import os
 
 import pytest
 import yaml
+from conftest import (
+    DEMO_DATA,
+    NEEDS_PLUGINS_LINE,
+    PLUGIN,
+    REPO,
+    axolotl_train,
+    base_config,
+)
 
 from axolotl_selfplay.config import SelfPlayArgs, SelfPlayConfig
-
-from conftest import DEMO_DATA, NEEDS_PLUGINS_LINE, PLUGIN, REPO, axolotl_train, base_config
 
 
 @pytest.fixture
@@ -43,7 +49,10 @@ def test_rl_spin_becomes_selfplay_block_with_defaults(load):
     sp = cfg.selfplay
     assert sp["type"] == "spin"
     assert (sp["iterations"], sp["epochs_per_iteration"], sp["beta"], sp["loss_type"], sp["history"]) == (3, 1, 0.1, "sigmoid", 1)
-    assert sp["generation"] == {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "do_sample": True, "batch_size": 16}
+    assert sp["generation"] == {
+        "max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "do_sample": True, "batch_size": 16,
+        "ds3_gather_for_generation": True,
+    }
     assert cfg.num_epochs == 3  # K·E
 
 

@@ -6,9 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import (
+    REPO,
+    Run,
+    axolotl_train,
+    base_config,
+    python_script,
+    read_jsonl,
+    write_config,
+)
 from safetensors.torch import load_file
-
-from conftest import REPO, Run, axolotl_train, base_config, python_script, read_jsonl, write_config
 
 pytestmark = pytest.mark.e2e
 RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")

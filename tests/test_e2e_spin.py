@@ -7,9 +7,16 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import (
+    REPO,
+    Run,
+    axolotl_train,
+    base_config,
+    python_script,
+    read_jsonl,
+    write_config,
+)
 from safetensors.torch import load_file
-
-from conftest import REPO, Run, axolotl_train, base_config, python_script, read_jsonl, write_config
 
 pytestmark = pytest.mark.e2e
 LN2 = math.log(2)
@@ -47,6 +54,8 @@ def test_first_loss_of_each_iteration_is_ln2(full_ft_run):
 
 
 def test_metrics_are_logged(full_ft_run):
+    # the per-iteration summary goes through Axolotl's logging setup
+    assert "self-play iteration 1: 64 opponents" in full_ft_run.output
     logs = full_ft_run.logs()
     assert len(logs) == 2 * STEPS_PER_ITERATION
     for name in METRICS:

@@ -7,8 +7,16 @@ import hashlib
 import json
 
 import pytest
-
-from conftest import DEMO_DATA, NEEDS_PLUGINS_LINE, PLUGIN, REPO, Run, base_config, python_script, write_config
+from conftest import (
+    DEMO_DATA,
+    NEEDS_PLUGINS_LINE,
+    PLUGIN,
+    REPO,
+    Run,
+    base_config,
+    python_script,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")

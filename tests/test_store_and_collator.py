@@ -7,9 +7,20 @@ import torch
 
 from axolotl_selfplay.callbacks import iteration_of_epoch
 from axolotl_selfplay.collator import INDEX_COLUMN, SelfPlayCollator, pair_batch
-from axolotl_selfplay.data import NoAssistantTurnError, build_examples, split_prompt_response
+from axolotl_selfplay.data import (
+    NoAssistantTurnError,
+    build_examples,
+    split_prompt_response,
+)
 from axolotl_selfplay.generation import cut_at_eos
-from axolotl_selfplay.opponent import EMPTY, IDENTICAL, USABLE, Opponent, OpponentStore, classify
+from axolotl_selfplay.opponent import (
+    EMPTY,
+    IDENTICAL,
+    USABLE,
+    Opponent,
+    OpponentStore,
+    classify,
+)
 
 M = -100  # masked label
 EOS = 2

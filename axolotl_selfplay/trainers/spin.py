@@ -28,13 +28,13 @@ Where this departs from the paper's released code (uclaml/SPIN):
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
+from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples
 from ..logprobs import sequence_logps
@@ -42,7 +42,7 @@ from ..losses import mix_reference, spin_chi2_loss, spin_loss
 from ..opponent import OpponentStore
 from ..reference import StartingModel
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 
 class SelfPlayTrainer(AxolotlTrainer):
