@@ -146,3 +146,28 @@ def test_resume_mid_iteration_matches_uninterrupted_run(tmp_path, tiny_model_dir
             assert read_jsonl(resumed.output_dir / "selfplay" / "iter_1.jsonl") == read_jsonl(
                 full.output_dir / "selfplay" / "iter_1.jsonl"
             )
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_attention_implementation_reaches_generation_and_scoring(attn, tmp_path, tiny_model_dir):
+    """The configured `attn_implementation` (flash_attention_2 on GPUs; eager/sdpa here) is
+    the one every self-play pass runs with: generation, θ_t scoring and θ_0 scoring (LoRA)."""
+    cfg = base_config(
+        tiny_model_dir,
+        tmp_path,
+        attn_implementation=attn,
+        adapter="lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_linear=True,
+        selfplay={"iterations": 2, "kl_to_base": 0.5, "generation": {"max_new_tokens": 8, "batch_size": 32}},
+        num_epochs=None,
+    )
+    config = write_config(cfg, tmp_path / "attn.yml")
+    probe = tmp_path / "attn.json"
+    proc = python_script([RUN_TRAIN, str(config), "--probe-attn", str(probe)], cwd=str(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    seen = json.loads(probe.read_text())
+    passes = [name for name, _, _ in seen]
+    assert passes.count("generate_responses") == 2 and passes.count("score_responses") >= 3
+    assert {impl for _, impl, _ in seen} == {attn}

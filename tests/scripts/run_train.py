@@ -5,6 +5,8 @@ axolotl.cli.train` runs on each rank), with two test probes:
                   as if the package were not installed (Axolotl >= 0.20)
 --param-report F  write {parameter name: moved?} for every trainable parameter,
                   comparing the values when `Trainer.train` starts and ends
+--probe-attn F    write the attention implementation of every model that the
+                  self-play generation and scoring passes ran
 
 Prints `PLUGINS=[...]` (the plugins Axolotl registered) at the end.
 """
@@ -46,16 +48,37 @@ def report_params(path):
     Trainer.train = train
 
 
+def probe_attention(path):
+    import axolotl_selfplay.callbacks as callbacks
+
+    seen = []
+
+    def probe(fn):
+        def wrapper(model, *args, **kwargs):
+            seen.append([fn.__name__, model.config._attn_implementation, type(model).__name__])
+            with open(path, "w") as f:
+                json.dump(seen, f)
+            return fn(model, *args, **kwargs)
+
+        return wrapper
+
+    callbacks.generate_responses = probe(callbacks.generate_responses)
+    callbacks.score_responses = probe(callbacks.score_responses)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("--hide-selfplay", action="store_true")
     parser.add_argument("--param-report")
+    parser.add_argument("--probe-attn")
     args = parser.parse_args()
     if args.hide_selfplay:
         hide_selfplay_entry_point()
     if args.param_report:
         report_params(args.param_report)
+    if args.probe_attn:
+        probe_attention(args.probe_attn)
     from axolotl.cli.train import do_cli
     from axolotl.integrations.base import PluginManager
 
