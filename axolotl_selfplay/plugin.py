@@ -50,9 +50,8 @@ class SelfPlayPlugin(BasePlugin):
         remap_rl(cfg)
         if not _selfplay_enabled(cfg):
             return
-        sp = cfg["selfplay"]
         # Validate the block now so its errors come before Axolotl's own checks.
-        parsed = parse_selfplay_block(sp)
+        parsed = parse_selfplay_block(cfg["selfplay"])
         check_compatible(parsed.type, cfg.get)
         if cfg.get("num_epochs") is None:
             cfg["num_epochs"] = parsed.iterations * parsed.epochs_per_iteration
@@ -63,7 +62,7 @@ class SelfPlayPlugin(BasePlugin):
             # runs working). Set the keys explicitly to opt in.
             for key in LORA_KERNEL_KEYS:
                 cfg[key] = False
-        LOG.info("axolotl-selfplay: rl=%s -> selfplay.type=%s", sp.get("type"), sp.get("type"))
+        LOG.info("axolotl-selfplay: `rl: %s` runs on Axolotl's causal trainer with the self-play plugin", parsed.type)
 
     def get_input_args(self):
         return "axolotl_selfplay.config.SelfPlayArgs"
