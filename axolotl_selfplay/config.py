@@ -114,8 +114,8 @@ class SelfPlayConfig(BaseModel):
     )
     loss_type: Literal["sigmoid", "hinge"] = Field(
         default="sigmoid",
-        description="ℓ in the SPIN objective: `sigmoid` = logistic loss -log σ(β·h) "
-        "(the paper), `hinge` = relu(1 - β·h).",
+        description="`rl: spin` only. ℓ in the SPIN objective: `sigmoid` = logistic loss "
+        "-log σ(β·h) (the paper), `hinge` = relu(1 - β·h).",
     )
     history: int = Field(
         default=1,
@@ -179,6 +179,11 @@ class SelfPlayConfig(BaseModel):
 
     @model_validator(mode="after")
     def _chi2_keys_need_spin_chi2(self) -> "SelfPlayConfig":
+        if self.type == "spin_chi2" and self.loss_type != "sigmoid":
+            raise ValueError(
+                "`selfplay.loss_type` only applies to `rl: spin`; `rl: spin_chi2` has its own "
+                "loss. Remove `loss_type`."
+            )
         if self.type != "spin_chi2":
             for key in ("chi2_alpha", "chi2_coef", "reward_clip"):
                 # compare with the default, not `model_fields_set`: Axolotl may

@@ -21,6 +21,7 @@ AXOLOTL_VERSION = tuple(int(x) for x in version("axolotl").split(".")[:2])
 # Axolotl < 0.20 has no `axolotl.plugins` entry-point group: configs must list the plugin.
 NEEDS_PLUGINS_LINE = AXOLOTL_VERSION < (0, 20)
 PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
+RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")  # Axolotl's train entry point, in-process
 
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -169,3 +170,21 @@ def fresh_dir(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def train_in_process(cfg: dict, path: Path, *probe_args: str) -> Run:
+    """Run Axolotl's per-rank training entry point with tests/scripts/run_train.py probes."""
+    config = write_config(cfg, path)
+    proc = python_script([RUN_TRAIN, str(config), *probe_args], cwd=str(path.parent))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return Run(proc, cfg)
+
+
+def unchanged_parameters(model_dir: Path, output_dir: Path) -> list[str]:
+    """Names of the tensors a full fine-tune left exactly as they were."""
+    from safetensors.torch import load_file
+
+    start = load_file(str(Path(model_dir) / "model.safetensors"))
+    end = load_file(str(Path(output_dir) / "model.safetensors"))
+    assert set(start) == set(end)
+    return [name for name in start if start[name].equal(end[name])]

@@ -107,6 +107,7 @@ def test_plain_dpo_config_is_untouched(load):
         ({"rl": "spin_chi2", "selfplay": {"chi2_coef": -1}}, "invalid `selfplay.chi2_coef`: Input should be greater than 0"),
         ({"rl": "spin_chi2", "selfplay": {"reward_clip": 0}}, "invalid `selfplay.reward_clip`: Input should be greater than 0"),
         ({"selfplay": {"chi2_coef": 1.0}}, "`selfplay.chi2_coef` only applies to `rl: spin_chi2`"),
+        ({"rl": "spin_chi2", "selfplay": {"loss_type": "hinge"}}, "`selfplay.loss_type` only applies to `rl: spin`"),
         ({"selfplay": {"kl_to_base": 1.5}}, "invalid `selfplay.kl_to_base`: Input should be less than or equal to 1"),
         ({"selfplay": {"opponent_mixture": "average"}}, "invalid `selfplay.opponent_mixture`: Input should be 'latest' or 'uniform'"),
     ],

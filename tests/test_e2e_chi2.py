@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import (
-    REPO,
-    Run,
-    axolotl_train,
-    base_config,
-    python_script,
-    read_jsonl,
-    write_config,
-)
-from safetensors.torch import load_file
+from conftest import Run, axolotl_train, base_config, read_jsonl, train_in_process, unchanged_parameters
 
 pytestmark = pytest.mark.e2e
-RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")
 STEPS_PER_ITERATION = 4
 SELFPLAY = {
     "iterations": 3,
@@ -54,9 +43,7 @@ def test_spin_chi2_full_finetune_with_regularisers(tmp_path, tiny_model_dir):
     run = axolotl_train(cfg, tmp_path / "chi2.yml")
     assert run.returncode == 0, run.output[-5000:]
     _check_run(run)
-    start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
-    end = load_file(str(run.output_dir / "model.safetensors"))
-    assert not [name for name in start if start[name].equal(end[name])]
+    assert not unchanged_parameters(tiny_model_dir, run.output_dir)
 
 
 def test_spin_chi2_lora_with_regularisers(tmp_path, tiny_model_dir):
@@ -72,11 +59,8 @@ def test_spin_chi2_lora_with_regularisers(tmp_path, tiny_model_dir):
         lora_target_linear=True,
         learning_rate=5e-3,
     )
-    config = write_config(cfg, tmp_path / "chi2-lora.yml")
     report = tmp_path / "moved.json"
-    proc = python_script([RUN_TRAIN, str(config), "--param-report", str(report)], cwd=str(tmp_path))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    _check_run(Run(proc, cfg))
+    _check_run(train_in_process(cfg, tmp_path / "chi2-lora.yml", "--param-report", str(report)))
     moved = json.loads(report.read_text())
     assert moved and all(moved.values()), [n for n, m in moved.items() if not m]
 

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 from conftest import (
-    REPO,
     Run,
     axolotl_train,
     base_config,
-    python_script,
     read_jsonl,
-    write_config,
+    train_in_process,
+    unchanged_parameters,
 )
-from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
 LN2 = math.log(2)
-RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")
 METRICS = [
     "rewards/real",
     "rewards/generated",
@@ -83,10 +79,7 @@ def test_iteration_exports(full_ft_run):
 
 
 def test_every_parameter_moved_full_finetune(full_ft_run, tiny_model_dir):
-    start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
-    end = load_file(str(full_ft_run.output_dir / "model.safetensors"))
-    assert set(start) == set(end)
-    unchanged = [name for name in start if start[name].equal(end[name])]
+    unchanged = unchanged_parameters(tiny_model_dir, full_ft_run.output_dir)
     assert not unchanged, f"parameters that did not move: {unchanged}"
 
 
@@ -102,11 +95,8 @@ def test_lora_trains_every_adapter_parameter(tmp_path, tiny_model_dir):
         learning_rate=5e-3,
         selfplay={"iterations": 2, "history": 2, "generation": {"max_new_tokens": 12, "batch_size": 32}},
     )
-    config = write_config(cfg, tmp_path / "lora.yml")
     report = tmp_path / "moved.json"
-    proc = python_script([RUN_TRAIN, str(config), "--param-report", str(report)], cwd=str(tmp_path))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    run = Run(proc, cfg)
+    run = train_in_process(cfg, tmp_path / "lora.yml", "--param-report", str(report))
     moved = json.loads(report.read_text())
     assert moved and all("lora_" in name for name in moved), "only adapter weights are trainable"
     assert all(moved.values()), [n for n, m in moved.items() if not m]
@@ -163,10 +153,8 @@ def test_attention_implementation_reaches_generation_and_scoring(attn, tmp_path,
         selfplay={"iterations": 2, "kl_to_base": 0.5, "generation": {"max_new_tokens": 8, "batch_size": 32}},
         num_epochs=None,
     )
-    config = write_config(cfg, tmp_path / "attn.yml")
     probe = tmp_path / "attn.json"
-    proc = python_script([RUN_TRAIN, str(config), "--probe-attn", str(probe)], cwd=str(tmp_path))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    train_in_process(cfg, tmp_path / "attn.yml", "--probe-attn", str(probe))
     seen = json.loads(probe.read_text())
     passes = [name for name, _, _ in seen]
     assert passes.count("generate_responses") == 2 and passes.count("score_responses") >= 3

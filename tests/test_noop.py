@@ -11,7 +11,7 @@ from conftest import (
     DEMO_DATA,
     NEEDS_PLUGINS_LINE,
     PLUGIN,
-    REPO,
+    RUN_TRAIN,
     Run,
     base_config,
     python_script,
@@ -19,7 +19,6 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.e2e
-RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")
 
 
 def _dpo_data(path):
