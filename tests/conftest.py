@@ -22,6 +22,8 @@ AXOLOTL_VERSION = tuple(int(x) for x in version("axolotl").split(".")[:2])
 NEEDS_PLUGINS_LINE = AXOLOTL_VERSION < (0, 20)
 PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
 RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")  # Axolotl's train entry point, in-process
+# A small LoRA adapter on every linear layer, trained fast enough to move within 8 steps.
+LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True, "learning_rate": 5e-3}
 
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Run, axolotl_train, base_config, read_jsonl, train_in_process, unchanged_parameters
+from conftest import LORA, Run, axolotl_train, base_config, read_jsonl, train_in_process, unchanged_parameters
 
 pytestmark = pytest.mark.e2e
 STEPS_PER_ITERATION = 4
@@ -52,12 +52,7 @@ def test_spin_chi2_lora_with_regularisers(tmp_path, tiny_model_dir):
         tmp_path,
         rl="spin_chi2",
         selfplay=SELFPLAY,
-        adapter="lora",
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        lora_target_linear=True,
-        learning_rate=5e-3,
+        **LORA,
     )
     report = tmp_path / "moved.json"
     _check_run(train_in_process(cfg, tmp_path / "chi2-lora.yml", "--param-report", str(report)))

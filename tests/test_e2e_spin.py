@@ -7,6 +7,7 @@ import math
 
 import pytest
 from conftest import (
+    LORA,
     Run,
     axolotl_train,
     base_config,
@@ -87,12 +88,7 @@ def test_lora_trains_every_adapter_parameter(tmp_path, tiny_model_dir):
     cfg = base_config(
         tiny_model_dir,
         tmp_path,
-        adapter="lora",
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        lora_target_linear=True,
-        learning_rate=5e-3,
+        **LORA,
         selfplay={"iterations": 2, "history": 2, "generation": {"max_new_tokens": 12, "batch_size": 32}},
     )
     report = tmp_path / "moved.json"
@@ -146,10 +142,7 @@ def test_attention_implementation_reaches_generation_and_scoring(attn, tmp_path,
         tiny_model_dir,
         tmp_path,
         attn_implementation=attn,
-        adapter="lora",
-        lora_r=4,
-        lora_alpha=8,
-        lora_target_linear=True,
+        **LORA,
         selfplay={"iterations": 2, "kl_to_base": 0.5, "generation": {"max_new_tokens": 8, "batch_size": 32}},
         num_epochs=None,
     )
