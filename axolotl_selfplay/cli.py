@@ -1,10 +1,14 @@
 """`axolotl-selfplay` helper commands.
 
     axolotl-selfplay tiny-model DIR [--data FILE.jsonl] [--hidden-size 64] [--layers 2]
+                                    [--sft-steps N]
 
 builds, fully offline, a tiny random Llama and a byte-level BPE tokenizer
 trained locally (with a ChatML chat template), and saves both to DIR. Tests,
 the demo and the benchmarks use it, so nothing is ever downloaded.
+`--sft-steps N` then fits the model to the last assistant turn of every
+conversation in `--data` for N steps (a quick warm start: a random model
+cannot play LSP's roles; it never ends a turn).
 """
 
 from __future__ import annotations
@@ -99,6 +103,41 @@ def build_tiny_model(
     return output_dir
 
 
+def warm_up(model_dir: str, data_file: str, steps: int, lr: float = 3e-3, batch_size: int = 32, seed: int = 0) -> None:
+    """Plain supervised fine-tuning on the last assistant turn of each row (tiny models only)."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .logprobs import pad_sequences, sequence_logps
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    examples = []
+    with open(data_file, encoding="utf-8") as f:
+        for line in f:
+            messages = json.loads(line)["messages"]
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            reply = messages[-1]["content"] + "<|im_end|>"
+            examples.append(
+                (tokenizer(prompt, add_special_tokens=False)["input_ids"], tokenizer(reply, add_special_tokens=False)["input_ids"])
+            )
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(examples, min(batch_size, len(examples)))
+        padded = pad_sequences([p for p, _ in batch], [r for _, r in batch], tokenizer.pad_token_id)
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        loss = -sequence_logps(logits, padded["labels"]).sum() / (padded["labels"] != -100).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(model_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="axolotl-selfplay", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,9 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--hidden-size", type=int, default=64)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--sft-steps", type=int, default=0, help="warm the model up on --data for N steps")
+    tiny.add_argument("--sft-lr", type=float, default=3e-3)
     args = parser.parse_args(argv)
     if args.command == "tiny-model":
         build_tiny_model(args.output_dir, args.data, args.vocab_size, args.hidden_size, args.layers, args.seed)
+        if args.sft_steps:
+            if not args.data:
+                parser.error("--sft-steps needs --data")
+            warm_up(args.output_dir, args.data, args.sft_steps, lr=args.sft_lr, seed=args.seed)
         print(f"tiny model and tokenizer written to {args.output_dir}")
     return 0
 

@@ -87,6 +87,149 @@ class SelfPlayGenerationConfig(BaseModel):
         return data
 
 
+DEFAULT_CHALLENGER_PROMPT = (
+    "You are generating a single user query for an AI assistant. Write one instruction "
+    "that tests the assistant's ability to follow instructions. It may be a simple "
+    "request or a difficult, stress-test request. Output only the query text."
+)
+
+DEFAULT_JUDGE_PROMPT = (
+    "Review the user's instruction and the assistant's response using the additive "
+    "7-point system below. Award points cumulatively:\n"
+    "1. The instruction is clear, self-contained and answerable.\n"
+    "2. The instruction is meaningful and useful (not gibberish or adversarial noise).\n"
+    "3. The response is relevant to the instruction.\n"
+    "4. The response addresses most of the instruction.\n"
+    "5. The response fully and correctly resolves the instruction.\n"
+    "6. The response is well organised, in the requested format and language, without "
+    "irrelevant content.\n"
+    "7. The response is expert-level, concise and engaging.\n"
+    "<instruction>{query}</instruction>\n"
+    "<response>{answer}</response>\n"
+    'Briefly justify your points, then end with "Score: <0-7>".'
+)
+
+
+class SelfPlayLSPConfig(BaseModel):
+    """Language Self-Play (`rl: lsp`): Challenger and Solver played by one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_queries: int = Field(
+        default=8,
+        ge=2,
+        description="N: queries the Challenger writes per game. Each row of a micro-batch is one "
+        "game, so a micro-step trains on micro_batch_size·N queries and micro_batch_size·N·G "
+        "answers per rank. The Challenger's baseline is the mean over the N queries of a game.",
+    )
+    num_answers: int = Field(
+        default=4,
+        ge=2,
+        description="G: Solver answers sampled per query (the group of the group-relative "
+        "baseline; >= 2).",
+    )
+    max_query_tokens: int = Field(
+        default=128,
+        ge=1,
+        description="Maximum tokens of a Challenger query. A query that hits it without an "
+        "end-of-turn token is degenerate (lowest Challenger reward). Answers use "
+        "`selfplay.generation.max_new_tokens`.",
+    )
+    challenger_prompt: str = Field(
+        default=DEFAULT_CHALLENGER_PROMPT,
+        description="The user turn that asks the model (as Challenger) for a query; the "
+        "generated assistant turn is the query q. With seed prompts (`datasets:`), it must "
+        "contain `{seed}`, replaced by each row's seed text.",
+    )
+    self_reward: bool = Field(
+        default=True,
+        description="true = LSP: add the quality self-reward R_Q judged by the reference "
+        "model. false = LSP-Zero (the pure zero-sum game).",
+    )
+    judge_prompt: str = Field(
+        default=DEFAULT_JUDGE_PROMPT,
+        description="User turn the reference model answers to judge (q, a); must contain "
+        "`{query}` and `{answer}`. The last `Score: <k>` in the judge's reply is R_Q.",
+    )
+    judge_max_score: int = Field(
+        default=7,
+        ge=1,
+        description="Largest valid judge score; scores outside [0, judge_max_score] and replies "
+        "without `Score: <k>` count as parse failures and score 0.",
+    )
+    judge_max_new_tokens: int = Field(
+        default=128,
+        ge=1,
+        description="Maximum tokens of the judge's reply (greedy decoding).",
+    )
+    self_reward_weight: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Weight of R_Q relative to the task reward (the judge's 0–7 scale and a "
+        "reward model's logits differ).",
+    )
+    reward_funcs: list[str] = Field(
+        default_factory=list,
+        description="Task-reward functions `module.function`, called like Axolotl's GRPO "
+        "`reward_funcs`: fn(prompts, completions, **kwargs) -> list[float], prompts and "
+        "completions in conversational form. The module must be importable from the "
+        "directory `axolotl train` runs in.",
+    )
+    reward_model: str | None = Field(
+        default=None,
+        description="Path of a sequence-classification reward model (logit 0 is the reward), "
+        "applied to the (query, answer) conversation with its own tokenizer.",
+    )
+    reward_weights: list[float] | None = Field(
+        default=None,
+        description="Weights of the task rewards: one per `reward_funcs` entry, then one for "
+        "`reward_model` if set. Default: all 1. R = Σ_k w_k·r_k.",
+    )
+    kl_beta: float = Field(
+        default=0.04,
+        ge=0.0,
+        description="β: weight of the per-token k3 KL estimate to the reference model θ_0 "
+        "(both roles). 0 turns the reference forward off.",
+    )
+    challenger_weight: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="α_Ch: weight of the Challenger loss, L = L_Sol + α_Ch·L_Ch.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_typos(cls, data: Any) -> Any:
+        _reject_unknown_keys(cls, data, "selfplay.lsp")
+        return data
+
+    @model_validator(mode="after")
+    def _check_rewards(self) -> SelfPlayLSPConfig:
+        sources = len(self.reward_funcs) + (self.reward_model is not None)
+        if sources == 0 and not self.self_reward:
+            raise ValueError(
+                "`rl: lsp` with `selfplay.lsp.self_reward: false` (LSP-Zero) has no reward: set "
+                "`selfplay.lsp.reward_funcs` or `selfplay.lsp.reward_model`, or set "
+                "`selfplay.lsp.self_reward: true`."
+            )
+        if self.reward_weights is not None and len(self.reward_weights) != sources:
+            raise ValueError(
+                f"`selfplay.lsp.reward_weights` has {len(self.reward_weights)} entries but there are "
+                f"{sources} task rewards ({len(self.reward_funcs)} `reward_funcs`"
+                f"{' + `reward_model`' if self.reward_model else ''}). Give one weight per reward, "
+                "or remove `reward_weights`."
+            )
+        if self.self_reward:
+            for slot in ("{query}", "{answer}"):
+                if slot not in self.judge_prompt:
+                    raise ValueError(f"`selfplay.lsp.judge_prompt` must contain `{slot}`.")
+        return self
+
+    def task_weights(self) -> list[float]:
+        n = len(self.reward_funcs) + (self.reward_model is not None)
+        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * n
+
+
 class SelfPlayConfig(BaseModel):
     """Self-play settings. `type` is filled from `rl:` (`rl: spin` -> `type: spin`)."""
 
@@ -160,7 +303,12 @@ class SelfPlayConfig(BaseModel):
     )
     generation: SelfPlayGenerationConfig = Field(
         default_factory=SelfPlayGenerationConfig,
-        description="Sampling settings for the opponent's responses.",
+        description="Sampling settings for the opponent's responses (`rl: lsp`: for the "
+        "Challenger's queries and the Solver's answers).",
+    )
+    lsp: SelfPlayLSPConfig | None = Field(
+        default=None,
+        description="`rl: lsp` only: Language Self-Play settings (filled with defaults).",
     )
 
     @model_validator(mode="before")
@@ -178,7 +326,14 @@ class SelfPlayConfig(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _chi2_keys_need_spin_chi2(self) -> "SelfPlayConfig":
+    def _keys_match_type(self) -> SelfPlayConfig:
+        if self.type == "lsp":
+            return self._check_lsp()
+        if self.lsp is not None:
+            raise ValueError(
+                f"`selfplay.lsp` only applies to `rl: lsp` (this config has `rl: {self.type}`). "
+                "Remove it or set `rl: lsp`."
+            )
         if self.type == "spin_chi2" and self.loss_type != "sigmoid":
             raise ValueError(
                 "`selfplay.loss_type` only applies to `rl: spin`; `rl: spin_chi2` has its own "
@@ -195,6 +350,34 @@ class SelfPlayConfig(BaseModel):
                     )
         return self
 
+    def _check_lsp(self) -> SelfPlayConfig:
+        for key in SPIN_ONLY_KEYS + ("chi2_alpha", "chi2_coef", "reward_clip"):
+            if getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(
+                    f"`selfplay.{key}` belongs to SPIN (`rl: spin`/`spin_chi2`), not `rl: lsp`. "
+                    "Remove it; LSP's settings live under `selfplay.lsp` and its length is `max_steps`."
+                )
+        if not self.generation.do_sample:
+            raise ValueError(
+                "`selfplay.generation.do_sample: false` cannot be used with `rl: lsp`: greedy "
+                "decoding makes the G answers of a query identical, so no group carries a "
+                "learning signal. Remove `do_sample` or set it to true."
+            )
+        if self.lsp is None:
+            self.lsp = SelfPlayLSPConfig()
+        return self
+
+
+SPIN_ONLY_KEYS = (
+    "iterations",
+    "epochs_per_iteration",
+    "beta",
+    "loss_type",
+    "history",
+    "kl_to_base",
+    "opponent_mixture",
+)
+
 
 def parse_selfplay_block(block: Any) -> SelfPlayConfig:
     """Validate a raw `selfplay:` block; one ValueError whose lines name each bad key."""
@@ -205,7 +388,7 @@ def parse_selfplay_block(block: Any) -> SelfPlayConfig:
         for item in error.errors():
             key = ".".join(["selfplay", *(str(part) for part in item["loc"])])
             message = item["msg"].removeprefix("Value error, ")
-            if message.startswith(("unknown key", "`selfplay")):
+            if message.startswith(("unknown key", "`selfplay", "`rl:")):
                 lines.append(message)
             else:
                 lines.append(f"invalid `{key}`: {message} (got {item.get('input')!r}).")
@@ -257,12 +440,14 @@ class SelfPlayArgs(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check_compatible(self) -> "SelfPlayArgs":
+    def _check_compatible(self) -> SelfPlayArgs:
         sp = self.selfplay
         if sp is None:
             return self
         fields = self.__dict__  # every field of the merged Axolotl config
         check_compatible(sp.type, fields.get)
+        if sp.type == "lsp":
+            return self  # LSP's length is max_steps; epochs do not apply
         total = sp.iterations * sp.epochs_per_iteration
         if "num_epochs" in type(self).model_fields and (
             "num_epochs" not in self.model_fields_set or self.num_epochs is None
@@ -282,22 +467,29 @@ def check_compatible(selfplay_type: str, get) -> None:
     Axolotl's own validators) and again after validation.
     """
     if selfplay_type == "lsp":
-        raise ValueError(
-            f"`rl: {selfplay_type}` is not available in this release of axolotl-selfplay. "
-            "Use `rl: spin`."
-        )
+        max_steps = get("max_steps")
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(
+                "`rl: lsp` needs `max_steps` (LSP generates its own training data, so there are "
+                "no epochs to count): set e.g. `max_steps: 200`."
+            )
+        if get("val_set_size") or get("test_datasets"):
+            raise ValueError(
+                "`rl: lsp` has no held-out data to evaluate (the model writes its own queries): "
+                "remove `val_set_size` / `test_datasets`."
+            )
     for key in ("sample_packing", "eval_sample_packing", "batch_flattening"):
         if get(key):
             raise ValueError(
-                f"`{key}: true` cannot be used with `rl: {selfplay_type}`: self-play splits "
-                "every example into prompt and response and generates from the prompt, "
-                f"which packed rows do not allow. Set `{key}: false`."
+                f"`{key}: true` cannot be used with `rl: {selfplay_type}`: self-play generates "
+                "from single unpacked prompts, which packed rows do not allow. "
+                f"Set `{key}: false`."
             )
     if get("pretraining_dataset"):
         raise ValueError(
             f"`pretraining_dataset` cannot be used with `rl: {selfplay_type}`: self-play "
-            "needs chat data with an assistant response. Use `datasets:` with "
-            "`type: chat_template`."
+            "needs chat data (SPIN: conversations ending in an assistant turn; LSP: optional "
+            "seed prompts). Use `datasets:`."
         )
     if get("streaming"):
         raise ValueError(

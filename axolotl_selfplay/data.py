@@ -129,3 +129,77 @@ def check_selfplay_datasets(cfg) -> None:
         if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # DatasetDict
             dataset = dataset[dataset_cfg.get("split") or "train"]
         check_conversations(dataset, dataset_cfg, str(dataset_cfg.get("path")))
+
+
+# -- LSP: games instead of examples ---------------------------------------------
+
+LSP_NO_DATA = "axolotl-selfplay:lsp-no-data"  # the `datasets:` entry `rl: lsp` inserts when there is none
+SEED_SLOT = "{seed}"
+GAME_SEED_COLUMN = "selfplay_seed"
+
+
+def _has_seed_data(datasets_cfg) -> bool:
+    return any(str(d.get("path")) != LSP_NO_DATA for d in datasets_cfg or [])
+
+
+def check_lsp_seed_datasets(datasets_cfg, challenger_prompt: str) -> None:
+    """`rl: lsp` seed prompts: a `{seed}` slot in the Challenger prompt iff there is seed data."""
+    seeded = _has_seed_data(datasets_cfg)
+    if seeded and SEED_SLOT not in challenger_prompt:
+        raise ValueError(
+            "`rl: lsp` with `datasets:` uses each row as a seed for the Challenger, but "
+            f"`selfplay.lsp.challenger_prompt` has no `{SEED_SLOT}` slot to put it in. Add "
+            f"`{SEED_SLOT}` to the prompt, or remove `datasets:` to train without data."
+        )
+    if not seeded and SEED_SLOT in challenger_prompt:
+        raise ValueError(
+            f"`selfplay.lsp.challenger_prompt` contains `{SEED_SLOT}` but there is no seed data: "
+            "add `datasets:` with a text column (`field`, default `prompt`) or remove the slot."
+        )
+
+
+def load_lsp_seeds(cfg) -> list[str]:
+    """Seed texts of every `datasets:` entry (`field` column, default `prompt`), in order."""
+    from axolotl.utils.data.shared import load_dataset_with_config
+
+    seeds: list[str] = []
+    for dataset_cfg in cfg.get("datasets") or []:
+        if str(dataset_cfg.get("path")) == LSP_NO_DATA:
+            continue
+        dataset = load_dataset_with_config(dataset_cfg, cfg.get("hf_use_auth_token") or False)
+        if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # DatasetDict
+            dataset = dataset[dataset_cfg.get("split") or "train"]
+        field = dataset_cfg.get("field") or "prompt"
+        name = str(dataset_cfg.get("path"))
+        if field not in dataset.column_names:
+            raise ValueError(
+                f"`rl: lsp` seed dataset `{name}` has no `{field}` column (columns: "
+                f"{', '.join(dataset.column_names)}). Set `field:` in that `datasets:` entry to "
+                "the column holding the seed text."
+            )
+        for index, text in enumerate(dataset[field]):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"`rl: lsp` seed dataset `{name}` row {index}: `{field}` is not a non-empty string.")
+            seeds.append(text)
+    return seeds
+
+
+def build_lsp_games(cfg):
+    """The training dataset of `rl: lsp`: one row per game, exactly one epoch of `max_steps`.
+
+    A row holds its index and its seed text ("" without seed data); the trainer
+    turns it into a Challenger prompt. Seeds are cycled when there are fewer
+    than games.
+    """
+    import os
+
+    from datasets import Dataset
+
+    from .collator import INDEX_COLUMN
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    games = cfg.max_steps * cfg.micro_batch_size * (cfg.gradient_accumulation_steps or 1) * world
+    seeds = load_lsp_seeds(cfg) or [""]
+    return Dataset.from_dict(
+        {INDEX_COLUMN: list(range(games)), GAME_SEED_COLUMN: [seeds[i % len(seeds)] for i in range(games)]}
+    )

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .logprobs import pad_sequences, sequence_logps
+from .logprobs import pad_sequences, sequence_logps, token_logps
 
 
 def _length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -42,6 +42,18 @@ def seeded_rng(seed: int, device: torch.device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def end_of_turn_ids(tokenizer, model) -> set[int]:
+    """Tokens that end a response: the tokenizer's EOS and the model's generation EOS."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    ids.discard(None)
+    return ids
 
 
 def cut_at_eos(tokens: list[int], eos_token_ids: set[int]) -> tuple[list[int], bool]:
@@ -156,3 +168,34 @@ def score_responses(
     finally:
         model.train(was_training)
     return scores
+
+
+@torch.no_grad()
+def score_response_tokens(
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    *,
+    pad_token_id: int,
+    batch_size: int,
+) -> list[torch.Tensor]:
+    """Per-token lp(response_t | prompt, response_<t) for each pair: CPU float32 (len(response),)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    scores: list[torch.Tensor | None] = [None] * len(prompts)
+    try:
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        for batch in _length_sorted_batches(lengths, batch_size):
+            padded = pad_sequences([prompts[i] for i in batch], [responses[i] for i in batch], pad_token_id)
+            logits = model(
+                input_ids=padded["input_ids"].to(device),
+                attention_mask=padded["attention_mask"].to(device),
+                use_cache=False,
+            ).logits
+            logps, mask = token_logps(logits, padded["labels"].to(device))
+            for row, i in enumerate(batch):
+                scores[i] = logps[row][mask[row]].cpu()
+    finally:
+        model.train(was_training)
+    return scores  # type: ignore[return-value]

@@ -7,11 +7,12 @@ import torch
 IGNORE_INDEX = -100
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(label_t | tokens_<t) over the labelled tokens of each row.
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label_t | tokens_<t) per labelled token.
 
     logits: (N, T, V) from a causal LM over input_ids (N, T); labels: (N, T) with
-    IGNORE_INDEX on prompt and padding. Returns (N,) float32.
+    IGNORE_INDEX on prompt and padding. Returns (logps, mask), both (N, T−1):
+    float32 log-probs (0 where unlabelled) and the bool mask of labelled tokens.
 
     log-softmax runs in float32 one row at a time, so bf16 logits never lose
     precision and the (N, T, V) float32 copy is never materialised at once.
@@ -25,8 +26,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         row_logits = row_logits.float()
         picked = row_logits.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
         per_token.append(picked - torch.logsumexp(row_logits, dim=-1))
-    per_token = torch.stack(per_token)
-    return (per_token * mask).sum(-1)
+    return torch.stack(per_token) * mask, mask
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(label_t | tokens_<t) over the labelled tokens of each row: (N,) float32."""
+    logps, _ = token_logps(logits, labels)
+    return logps.sum(-1)
 
 
 def pad_sequences(

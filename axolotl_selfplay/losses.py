@@ -102,3 +102,71 @@ def mix_reference(lp_iterate: torch.Tensor, lp_base: torch.Tensor | None, kl_to_
     if lp_base is None:
         raise ValueError("kl_to_base > 0 needs the starting model's log-probs")
     return (1.0 - kl_to_base) * lp_iterate + kl_to_base * lp_base
+
+
+# -- LSP ----------------------------------------------------------------------
+
+
+def lsp_advantages(
+    rewards: torch.Tensor,
+    quality: torch.Tensor,
+    valid: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group-relative advantages of one LSP game (no gradient flows through them).
+
+    rewards: (N, G) task rewards R_ij of the G answers to each of the N queries;
+    quality: (N, G) weighted self-rewards R_Q_ij (zeros for LSP-Zero);
+    valid: (N,) bool, False for degenerate queries (their rows are ignored).
+
+    Solver:     A_ij = R'_ij − mean_j R'_ij,  R' = R + R_Q.
+    Challenger: c_i = −mean_j R_ij + mean_j R_Q_ij, A_i = c_i − mean_i c_i.
+    A degenerate query's challenger reward is min_i c_i (over valid queries) − 1:
+    strictly the worst of its game, so the Challenger learns to avoid it. A
+    game without a valid query gives every query the same reward (A = 0).
+    Returns (solver_advantages (N, G), challenger_advantages (N,), challenger_rewards (N,)).
+    """
+    solver_rewards = rewards + quality
+    solver_adv = solver_rewards - solver_rewards.mean(dim=1, keepdim=True)
+    solver_adv = torch.where(valid[:, None], solver_adv, torch.zeros_like(solver_adv))
+    challenger_rewards = -rewards.mean(dim=1) + quality.mean(dim=1)
+    if valid.any():
+        worst = challenger_rewards[valid].min() - 1.0
+        challenger_rewards = torch.where(valid, challenger_rewards, worst)
+    else:
+        challenger_rewards = torch.zeros_like(challenger_rewards)
+    challenger_adv = challenger_rewards - challenger_rewards.mean()
+    return solver_adv.detach(), challenger_adv.detach(), challenger_rewards.detach()
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π_θ ‖ π_ref): exp(r) − r − 1 with r = ref − logp (≥ 0)."""
+    delta = ref_logps - logps
+    return torch.exp(delta) - delta - 1.0
+
+
+def lsp_policy_loss(
+    logps: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    kl_beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO-style token-level policy-gradient loss of one role, one gradient step per rollout.
+
+    logps, mask, ref_logps: (S, T) per-token log-probs of the sampled tokens under
+    π_θ / π_ref and the mask of generated tokens; advantages: (S,).
+    Per token: −A·exp(logp − stopgrad(logp)) + β·k3 (the ratio is 1; its gradient
+    is A·∇logp, TRL's on-policy GRPO form); each sequence's tokens are averaged,
+    then sequences are averaged (GRPO's normalisation).
+    Returns (loss, per-sequence mean k3 KL (S,), zeros without a reference).
+    """
+    mask = mask.to(logps.dtype)
+    per_token = -advantages[:, None] * torch.exp(logps - logps.detach())
+    if ref_logps is not None:
+        kl = k3_kl(logps, ref_logps)
+        per_token = per_token + kl_beta * kl
+        seq_kl = (kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    else:
+        seq_kl = torch.zeros_like(advantages)
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return per_seq.mean(), seq_kl.detach()

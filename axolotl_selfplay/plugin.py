@@ -43,7 +43,7 @@ def _check_block_name(cfg) -> None:
 
 
 class SelfPlayPlugin(BasePlugin):
-    """`rl: spin` for Axolotl (axolotl-selfplay)."""
+    """`rl: spin`, `rl: spin_chi2` and `rl: lsp` for Axolotl (axolotl-selfplay)."""
 
     def register(self, cfg):
         _check_block_name(cfg)
@@ -53,9 +53,20 @@ class SelfPlayPlugin(BasePlugin):
         # Validate the block now so its errors come before Axolotl's own checks.
         parsed = parse_selfplay_block(cfg["selfplay"])
         check_compatible(parsed.type, cfg.get)
-        if cfg.get("num_epochs") is None:
-            cfg["num_epochs"] = parsed.iterations * parsed.epochs_per_iteration
-        check_num_epochs(cfg.get("num_epochs"), parsed.iterations, parsed.epochs_per_iteration)
+        if parsed.type == "lsp":
+            from .data import LSP_NO_DATA, check_lsp_seed_datasets
+            from .rewards import load_reward_funcs
+
+            load_reward_funcs(parsed.lsp.reward_funcs)  # import errors now, not after the model loads
+            if not cfg.get("datasets"):
+                # Axolotl requires `datasets:`; LSP needs none. The plugin's
+                # load_datasets hook recognises this entry and builds the games.
+                cfg["datasets"] = [{"path": LSP_NO_DATA}]
+            check_lsp_seed_datasets(cfg["datasets"], parsed.lsp.challenger_prompt)
+        else:
+            if cfg.get("num_epochs") is None:
+                cfg["num_epochs"] = parsed.iterations * parsed.epochs_per_iteration
+            check_num_epochs(cfg.get("num_epochs"), parsed.iterations, parsed.epochs_per_iteration)
         if cfg.get("adapter") in ("lora", "qlora") and all(cfg.get(k) is None for k in LORA_KERNEL_KEYS):
             # With `rl` unset Axolotl would auto-enable its Triton LoRA kernels, which
             # it never enables for its own RL trainers; match `rl: dpo` (and keep CPU
@@ -68,15 +79,27 @@ class SelfPlayPlugin(BasePlugin):
         return "axolotl_selfplay.config.SelfPlayArgs"
 
     def load_datasets(self, cfg, preprocess=False):
-        if _selfplay_enabled(cfg):
-            from .data import check_selfplay_datasets
+        if not _selfplay_enabled(cfg):
+            return None
+        if cfg.selfplay.type == "lsp":
+            from axolotl.common.datasets import TrainDatasetMeta
 
-            check_selfplay_datasets(cfg)
-        return None  # Axolotl's own SFT pipeline tokenizes the data
+            from .data import build_lsp_games
+
+            # One row per game; the trainer turns rows into Challenger prompts.
+            return TrainDatasetMeta(train_dataset=build_lsp_games(cfg), total_num_steps=cfg.max_steps)
+        from .data import check_selfplay_datasets
+
+        check_selfplay_datasets(cfg)
+        return None  # SPIN: Axolotl's own SFT pipeline tokenizes the data
 
     def get_trainer_cls(self, cfg):
         if not _selfplay_enabled(cfg):
             return None
+        if cfg.selfplay.type == "lsp":
+            from .trainers.lsp import LSPTrainer
+
+            return LSPTrainer
         from .trainers.spin import SelfPlayTrainer
 
         return SelfPlayTrainer
@@ -90,11 +113,11 @@ class SelfPlayPlugin(BasePlugin):
         return SelfPlayCollator, {}
 
     def add_callbacks_post_trainer(self, cfg, trainer):
-        if not _selfplay_enabled(cfg):
-            return []
+        if not _selfplay_enabled(cfg) or cfg.selfplay.type == "lsp":
+            return []  # LSP generates inside its training step
         from .callbacks import OpponentGenerationCallback
 
         return [OpponentGenerationCallback(trainer)]
 
 
-__all__ = ["SelfPlayPlugin", "SELFPLAY_RL_TYPES"]
+__all__ = ["SELFPLAY_RL_TYPES", "SelfPlayPlugin"]

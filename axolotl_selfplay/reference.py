@@ -96,3 +96,71 @@ class StartingModel:
             weights[name] = state[name].detach().to("cpu", copy=True)
         del base, state
         return weights
+
+
+class ReferenceModel:
+    """π_ref = θ_0 for LSP, which needs it at every step (KL and the self-judge).
+
+    - LoRA: the policy with its adapter disabled (no extra memory).
+    - Full fine-tuning: a frozen copy, made when training starts (the policy still
+      is θ_0). Under ZeRO-3 the policy's weights are already sharded, so the copy
+      is loaded from `base_model` instead; with DeepSpeed it is prepared the way
+      TRL prepares reference models (sharded under ZeRO-3, replicated otherwise).
+    """
+
+    def __init__(self, policy, accelerator, axolotl_cfg):
+        self.accelerator = accelerator
+        self.frozen = None
+        if is_peft_model(policy):
+            if axolotl_cfg.get("lora_model_dir"):
+                LOG.warning(
+                    "rl: lsp with `lora_model_dir`: the reference model is the base model WITHOUT "
+                    "your existing adapter"
+                )
+            return
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            frozen = self._load_base_model(policy, axolotl_cfg)
+        else:
+            import copy
+
+            frozen = copy.deepcopy(policy)
+        frozen.requires_grad_(False)
+        frozen.eval()
+        if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+            from trl.models.utils import prepare_deepspeed
+
+            frozen = prepare_deepspeed(frozen, accelerator)
+        else:
+            frozen = frozen.to(accelerator.device)
+        self.frozen = frozen
+
+    @staticmethod
+    def _load_base_model(policy, axolotl_cfg):
+        from transformers import AutoModelForCausalLM
+
+        LOG.info("rl: lsp: loading the reference model from %s (ZeRO-3)", axolotl_cfg.get("base_model"))
+        return AutoModelForCausalLM.from_pretrained(
+            axolotl_cfg.get("base_model"),
+            torch_dtype=next(policy.parameters()).dtype,
+            attn_implementation=getattr(policy.config, "_attn_implementation", None),
+            revision=axolotl_cfg.get("revision_of_model") or "main",
+            trust_remote_code=bool(axolotl_cfg.get("trust_remote_code")),
+        )
+
+    @contextmanager
+    def active(self, policy_wrapped, gather_deepspeed3_params: bool = True):
+        """Yields a module computing π_ref, ready for `generate` and no-grad forwards."""
+        from trl.models import unwrap_model_for_generation
+
+        if self.frozen is None:
+            with unwrap_model_for_generation(
+                policy_wrapped, self.accelerator, gather_deepspeed3_params=gather_deepspeed3_params
+            ) as policy, policy.disable_adapter():
+                yield policy
+            return
+        with unwrap_model_for_generation(
+            self.frozen, self.accelerator, gather_deepspeed3_params=gather_deepspeed3_params
+        ) as reference:
+            yield reference

@@ -17,6 +17,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "example_configs" / "data" / "tiny_chat.jsonl"
+ARITHMETIC_DATA = REPO / "example_configs" / "data" / "arithmetic_sft.jsonl"
+ARITHMETIC_REWARD = REPO / "example_configs" / "rewards" / "arithmetic.py"
 AXOLOTL_VERSION = tuple(int(x) for x in version("axolotl").split(".")[:2])
 # Axolotl < 0.20 has no `axolotl.plugins` entry-point group: configs must list the plugin.
 NEEDS_PLUGINS_LINE = AXOLOTL_VERSION < (0, 20)
@@ -37,6 +39,62 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-model")
     build_tiny_model(str(path), data_file=str(DEMO_DATA))
     return path
+
+
+@pytest.fixture(scope="session")
+def arithmetic_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama warmed up on the arithmetic task's two roles: it writes
+    "What is A+B?" when asked for a problem and answers with a number, ending
+    its turns (a random model never ends one, so it cannot play LSP)."""
+    from axolotl_selfplay.cli import build_tiny_model, warm_up
+
+    path = tmp_path_factory.mktemp("arithmetic-model")
+    build_tiny_model(str(path), data_file=str(ARITHMETIC_DATA))
+    warm_up(str(path), str(ARITHMETIC_DATA), steps=200)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reward_model_dir(tmp_path_factory, arithmetic_model_dir) -> Path:
+    """A tiny random sequence-classification reward model sharing the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    path = tmp_path_factory.mktemp("reward-model")
+    config = AutoConfig.from_pretrained(str(arithmetic_model_dir), num_labels=1)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(arithmetic_model_dir)).save_pretrained(str(path))
+    return path
+
+
+def lsp_config(model_dir: Path, out: Path, **overrides) -> dict:
+    """A small CPU `rl: lsp` config: 2 games of 4 queries × 3 answers per step, 3 steps."""
+    cfg = base_config(model_dir, out, rl="lsp", datasets=None, num_epochs=None, micro_batch_size=2, max_steps=3)
+    cfg["selfplay"] = {
+        "generation": {"max_new_tokens": 8, "batch_size": 32},
+        "lsp": {
+            "num_queries": 4,
+            "num_answers": 3,
+            "max_query_tokens": 16,
+            "judge_max_new_tokens": 8,
+            "challenger_prompt": "Write an addition problem.",
+            "reward_funcs": ["arithmetic.exact_sum"],
+        },
+    }
+    for key, value in overrides.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def with_reward_module(config_dir: Path) -> Path:
+    """Copy the arithmetic reward module where `axolotl train` runs (its working directory)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ARITHMETIC_REWARD, config_dir / "arithmetic.py")
+    return config_dir
 
 
 @pytest.fixture(scope="session")

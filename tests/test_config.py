@@ -8,12 +8,15 @@ import os
 import pytest
 import yaml
 from conftest import (
+    ARITHMETIC_DATA,
     DEMO_DATA,
     NEEDS_PLUGINS_LINE,
     PLUGIN,
     REPO,
     axolotl_train,
     base_config,
+    lsp_config,
+    with_reward_module,
 )
 
 from axolotl_selfplay.config import SelfPlayArgs, SelfPlayConfig
@@ -101,7 +104,6 @@ def test_plain_dpo_config_is_untouched(load):
         ({"selfplay": {"iterations": 2}, "num_epochs": 3}, "`num_epochs: 3` disagrees with `selfplay.iterations`"),
         ({"selfplay": {"beta": 0}}, "invalid `selfplay.beta`: Input should be greater than 0"),
         ({"selfplay": {"type": "lsp"}}, "contradicts"),
-        ({"rl": "lsp"}, "`rl: lsp` is not available"),
         ({"rl": "spin_chi2", "selfplay": {"chi2_alpha": 1.0}}, "invalid `selfplay.chi2_alpha`: Input should be less than 1"),
         ({"rl": "spin_chi2", "selfplay": {"chi2_alpha": 0}}, "invalid `selfplay.chi2_alpha`: Input should be greater than 0"),
         ({"rl": "spin_chi2", "selfplay": {"chi2_coef": -1}}, "invalid `selfplay.chi2_coef`: Input should be greater than 0"),
@@ -167,3 +169,84 @@ def test_example_configs_validate(load, name, tiny_model_dir, tmp_path):
     cfg = load(raw, **overrides)
     assert cfg.rl is None and cfg.selfplay["type"] == raw["rl"]
     assert cfg.num_epochs == cfg.selfplay["iterations"] * cfg.selfplay["epochs_per_iteration"]
+
+
+# -- rl: lsp ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def load_lsp(load, tiny_model_dir, tmp_path, monkeypatch):
+    """Load an `rl: lsp` config from a directory holding the arithmetic reward module.
+    `lsp` updates `selfplay.lsp`, `block` updates the rest of `selfplay:`."""
+    monkeypatch.chdir(with_reward_module(tmp_path))
+
+    def _load(lsp=None, block=None, **overrides):
+        cfg = lsp_config(tiny_model_dir, tmp_path, **overrides)
+        cfg["selfplay"]["lsp"].update(lsp or {})
+        for key, value in (block or {}).items():
+            if isinstance(value, dict):
+                cfg["selfplay"].setdefault(key, {}).update(value)
+            else:
+                cfg["selfplay"][key] = value
+        return load(cfg)
+
+    return _load
+
+
+def test_rl_lsp_needs_no_dataset_and_fills_defaults(load_lsp):
+    cfg = load_lsp()
+    assert cfg.rl is None and cfg.selfplay["type"] == "lsp"
+    lsp = cfg.selfplay["lsp"]
+    assert (lsp["num_queries"], lsp["num_answers"], lsp["kl_beta"], lsp["challenger_weight"]) == (4, 3, 0.04, 1.0)
+    assert lsp["self_reward"] is True and "{query}" in lsp["judge_prompt"]
+    assert cfg.max_steps == 3
+    # Axolotl requires `datasets:`; the plugin inserted its no-data marker
+    from axolotl_selfplay.data import LSP_NO_DATA
+
+    assert [d["path"] for d in cfg.datasets] == [LSP_NO_DATA]
+
+
+def test_lsp_games_dataset_cycles_seed_prompts(load_lsp, tmp_path):
+    from axolotl_selfplay.data import GAME_SEED_COLUMN
+    from axolotl_selfplay.plugin import SelfPlayPlugin
+
+    seeds = tmp_path / "topics.jsonl"
+    seeds.write_text("\n".join(json.dumps({"topic": t}) for t in ["sums", "carries", "zeros"]) + "\n")
+    cfg = load_lsp(
+        lsp={"challenger_prompt": "Write an addition problem about {seed}."},
+        datasets=[{"path": str(seeds), "field": "topic"}],
+        gradient_accumulation_steps=2,
+    )
+    games = SelfPlayPlugin().load_datasets(cfg).train_dataset
+    assert len(games) == 3 * 2 * 2  # max_steps × micro_batch_size × accumulation
+    assert games[GAME_SEED_COLUMN][:4] == ["sums", "carries", "zeros", "sums"]
+
+
+@pytest.mark.parametrize(
+    "lsp, block, overrides, message",
+    [
+        ({"self_reward": False, "reward_funcs": []}, {}, {}, "has no reward: set `selfplay.lsp.reward_funcs`"),
+        ({"reward_weights": [1.0, 2.0]}, {}, {}, "`selfplay.lsp.reward_weights` has 2 entries but there are 1 task rewards"),
+        ({"num_answers": 1}, {}, {}, "invalid `selfplay.lsp.num_answers`: Input should be greater than or equal to 2"),
+        ({"num_querys": 4}, {}, {}, "Did you mean `selfplay.lsp.num_queries`?"),
+        ({"judge_prompt": "Rate this."}, {}, {}, "`selfplay.lsp.judge_prompt` must contain `{query}`"),
+        ({"reward_funcs": ["arithmetic.nope"]}, {}, {}, "`selfplay.lsp.reward_funcs[0]` = `arithmetic.nope`: module `arithmetic` has no function `nope`"),
+        ({"reward_funcs": ["no_such_module.fn"]}, {}, {}, "cannot import module `no_such_module`"),
+        ({}, {}, {"max_steps": None}, "`rl: lsp` needs `max_steps`"),
+        ({}, {}, {"val_set_size": 0.1}, "`rl: lsp` has no held-out data"),
+        ({}, {"iterations": 2}, {}, "`selfplay.iterations` belongs to SPIN"),
+        ({}, {"beta": 0.5}, {}, "`selfplay.beta` belongs to SPIN"),
+        ({}, {"generation": {"do_sample": False}}, {}, "`selfplay.generation.do_sample: false` cannot be used with `rl: lsp`"),
+        ({"challenger_prompt": "Write about {seed}."}, {}, {}, "contains `{seed}` but there is no seed data"),
+        ({}, {}, {"datasets": [{"path": str(ARITHMETIC_DATA)}]}, "has no `{seed}` slot"),
+    ],
+)
+def test_lsp_bad_input_errors_name_the_key(load_lsp, lsp, block, overrides, message):
+    with pytest.raises(Exception) as error:
+        load_lsp(lsp, block, **overrides)
+    assert message in str(error.value)
+
+
+def test_lsp_block_is_rejected_with_spin(load):
+    with pytest.raises(Exception, match="`selfplay.lsp` only applies to `rl: lsp`"):
+        load(selfplay={"lsp": {"num_queries": 4}})

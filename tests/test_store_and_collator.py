@@ -117,7 +117,7 @@ def test_pair_batch_literal_tokens():
 
 def test_history_keeps_last_h_iterations():
     store = _store(history=2)
-    o = lambda it: Opponent(it, [40 + it, EOS], False, USABLE, -1.0)  # noqa: E731
+    o = lambda it: Opponent(it, [40 + it, EOS], False, USABLE, -1.0)
     store.set_iteration(0, [0.0] * 3, [[o(0)] for _ in range(3)])
     assert store.retained(0, 1) == [o(0)]
     store.set_iteration(1, [0.0] * 3, [store.retained(i, 1) + [o(1)] for i in range(3)])

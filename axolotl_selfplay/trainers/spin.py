@@ -37,6 +37,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples
+from ..generation import end_of_turn_ids
 from ..logprobs import sequence_logps
 from ..losses import mix_reference, spin_chi2_loss, spin_loss
 from ..opponent import OpponentStore
@@ -73,15 +74,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         return self.axolotl_cfg.selfplay
 
     def _eos_token_ids(self) -> set[int]:
-        """Tokens that end a response: the tokenizer's EOS and the model's generation EOS."""
-        ids = {self.processing_class.eos_token_id}
-        generation_config = getattr(self.accelerator.unwrap_model(self.model), "generation_config", None)
-        configured = getattr(generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(configured)
-        ids.discard(None)
+        ids = end_of_turn_ids(self.processing_class, self.accelerator.unwrap_model(self.model))
         ends = {real[-1] for real in self.opponents.reals}
         if not ends <= ids:
             LOG.warning(

@@ -29,7 +29,7 @@ if "LOCAL_RANK" in os.environ:
     if not torch.cuda.is_available():
 
         def _patch_accelerate():
-            import accelerate.state as state
+            from accelerate import state
 
             original = state.PartialState._prepare_backend
 

@@ -17,7 +17,7 @@ import sys
 
 
 def hide_selfplay_entry_point():
-    import importlib.metadata as metadata
+    from importlib import metadata
 
     original = metadata.entry_points
 
@@ -49,7 +49,7 @@ def report_params(path):
 
 
 def probe_attention(path):
-    import axolotl_selfplay.callbacks as callbacks
+    from axolotl_selfplay import callbacks
 
     seen = []
 
