@@ -84,19 +84,33 @@ def parse_judge_score(text: str, max_score: int) -> int | None:
 
 
 class RewardModel:
-    """A sequence-classification reward model, frozen, on this rank's device."""
+    """A frozen sequence-classification reward model.
 
-    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, batch_size: int):
+    Without DeepSpeed it sits on this rank's device. With DeepSpeed it is prepared
+    the way TRL prepares reward models: sharded under ZeRO-3 (it was loaded
+    partitioned; every forward is then a collective, so callers score the same
+    number of pairs on every rank), replicated otherwise.
+    """
+
+    def __init__(self, path: str, accelerator, dtype: torch.dtype, batch_size: int):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, torch_dtype=dtype).to(device).eval()
-        self.model.requires_grad_(False)
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.device = device
+        model = AutoModelForSequenceClassification.from_pretrained(path, torch_dtype=dtype)
+        model.requires_grad_(False)
+        model.eval()
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+            from trl.models.utils import prepare_deepspeed
+
+            model = prepare_deepspeed(model, accelerator)
+        else:
+            model = model.to(accelerator.device)
+        self.model = model
+        self.device = accelerator.device
         self.batch_size = batch_size
 
     def _text(self, query: str, answer: str) -> str:
@@ -121,12 +135,25 @@ class RewardModel:
         return scores
 
 
-def task_rewards(funcs, reward_model, weights: list[float], queries: list[str], answers: list[str]) -> list[float]:
-    """R = Σ_k w_k·r_k over the reward functions, then the reward model."""
-    columns = [call_reward_func(fn, queries, answers) for fn in funcs]
+def task_rewards(
+    funcs, reward_model, weights: list[float], queries: list[str], answers: list[str], keep: list[bool]
+) -> list[float]:
+    """R = Σ_k w_k·r_k over the reward functions, then the reward model; 0 where not `keep`.
+
+    Reward functions only see the kept pairs. The reward model scores every pair,
+    so a sharded (ZeRO-3) reward model runs the same batches on every rank.
+    """
+    kept = [i for i, k in enumerate(keep) if k]
+    columns = []
+    for fn in funcs:
+        column = [0.0] * len(queries)
+        if kept:
+            for i, value in zip(kept, call_reward_func(fn, [queries[i] for i in kept], [answers[i] for i in kept])):
+                column[i] = value
+        columns.append(column)
     if reward_model is not None:
         columns.append(reward_model(queries, answers))
     totals = [0.0] * len(queries)
     for weight, column in zip(weights, columns):
         totals = [t + weight * v for t, v in zip(totals, column)]
-    return totals
+    return [t if k else 0.0 for t, k in zip(totals, keep)]

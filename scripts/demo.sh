@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command, fresh machine -> a real `axolotl train` with `rl: spin` on a tiny local model (CPU).
-# Sets up .venv/axolotl-0.19 (Python 3.11), builds the tiny model offline, trains 2 SPIN iterations.
+# One command, fresh machine -> real `axolotl train` runs with `rl: spin` and `rl: lsp` on tiny
+# local models (CPU). Sets up .venv/axolotl-0.19 (Python 3.11), builds the tiny models offline,
+# trains 2 SPIN iterations, then 20 data-free Language Self-Play steps on the arithmetic toy task.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -17,5 +18,21 @@ out = pathlib.Path("outputs/tiny-spin")
 for path in sorted((out / "selfplay").glob("iter_*.jsonl")):
     rows = [json.loads(line) for line in path.open()]
     print(f"{path}: {len(rows)} pairs; first generated opponent: {rows[0]['generated'][:60]!r}")
+print(f"trained model: {out}/model.safetensors; TensorBoard logs: {out}/runs")
+PY
+
+echo "=== rl: lsp (no data; the tiny model is first warmed up on both roles of the arithmetic task)"
+axolotl-selfplay tiny-model outputs/tiny-arithmetic --data example_configs/data/arithmetic_sft.jsonl --sft-steps 300
+rm -rf outputs/tiny-lsp
+axolotl train example_configs/tiny-lsp-cpu.yml
+
+python - <<'PY'
+import json, pathlib
+out = pathlib.Path("outputs/tiny-lsp")
+rows = [json.loads(line) for line in (out / "selfplay" / "lsp_samples.jsonl").open()]
+last = [r for r in rows if r["step"] == rows[-1]["step"]]
+print(f"{out}/selfplay/lsp_samples.jsonl: {len(rows)} sampled games rows; last step:")
+for r in last[:4]:
+    print(f"  challenger: {r['query']!r:28} solver: {r['answer']!r:8} reward: {r.get('reward')}")
 print(f"trained model: {out}/model.safetensors; TensorBoard logs: {out}/runs")
 PY

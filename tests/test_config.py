@@ -152,8 +152,11 @@ def test_cli_error_before_model_load_leaves_no_output(tmp_path, tiny_model_dir):
     assert "Loading model" not in run.output
 
 
-@pytest.mark.parametrize("name", ["tiny-spin-cpu.yml", "spin.yml", "spin_zero2.yml", "spin_chi2.yml", "spin_chi2_lora.yml"])
-def test_example_configs_validate(load, name, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(
+    "name",
+    ["tiny-spin-cpu.yml", "spin.yml", "spin_zero2.yml", "spin_chi2.yml", "spin_chi2_lora.yml", "tiny-lsp-cpu.yml", "lsp.yml"],
+)
+def test_example_configs_validate(load, name, tiny_model_dir, tmp_path, monkeypatch):
     """The shipped examples pass Axolotl's validation (model and data paths pointed at
     local files; the GPU example keeps its ZeRO-3 / FlashAttention / paper settings)."""
     raw = yaml.safe_load((REPO / "example_configs" / name).read_text())
@@ -166,9 +169,13 @@ def test_example_configs_validate(load, name, tiny_model_dir, tmp_path):
     if NEEDS_PLUGINS_LINE:
         overrides["plugins"] = [PLUGIN]
     raw.pop("revision_of_model", None)
+    monkeypatch.chdir(REPO)  # reward modules are imported from the working directory
     cfg = load(raw, **overrides)
     assert cfg.rl is None and cfg.selfplay["type"] == raw["rl"]
-    assert cfg.num_epochs == cfg.selfplay["iterations"] * cfg.selfplay["epochs_per_iteration"]
+    if raw["rl"] == "lsp":
+        assert cfg.max_steps == raw["max_steps"] and cfg.selfplay["lsp"]["num_answers"] >= 2
+    else:
+        assert cfg.num_epochs == cfg.selfplay["iterations"] * cfg.selfplay["epochs_per_iteration"]
 
 
 # -- rl: lsp ---------------------------------------------------------------------

@@ -93,3 +93,36 @@ def test_two_processes(mode, rl, selfplay, tmp_path, tiny_model_dir):
     assert (run.output_dir / "model.safetensors").exists()
     sharded = "generating with sharded ZeRO-3 weights" in run.output
     assert sharded == (selfplay is SHARDED_GENERATION)
+
+
+@pytest.mark.parametrize("gather", [True, False], ids=["zero3-lsp", "zero3-lsp-sharded-generation"])
+def test_two_processes_lsp(gather, tmp_path, arithmetic_model_dir, reward_model_dir):
+    """`rl: lsp` under ZeRO-3: the full-FT reference model is loaded from `base_model` and
+    sharded (TRL's prepare_deepspeed), judged and scored on both ranks; with
+    `ds3_gather_for_generation: false` every generate runs with synced_gpus in lockstep."""
+    from conftest import lsp_config, with_reward_module
+
+    out = with_reward_module(tmp_path)
+    ds_config = tmp_path / "zero3.json"
+    ds_config.write_text(json.dumps({**ZERO["zero3"], **FP32_AUTO}))
+    cfg = lsp_config(arithmetic_model_dir, out, ddp_timeout=60, micro_batch_size=1, deepspeed=str(ds_config))
+    cfg["selfplay"]["generation"]["ds3_gather_for_generation"] = gather
+    cfg["selfplay"]["lsp"].update({"reward_model": str(reward_model_dir)})
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "distributed_shim"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    launcher = ["--launcher", "torchrun", "--", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    run = axolotl_train(cfg, out / "lsp.yml", extra_args=launcher, env=env, timeout=600)
+    assert run.returncode == 0, run.output[-6000:]
+
+    logs = run.logs()
+    assert len(logs) == 3
+    # rank 0's log line sums both ranks' games: 2 ranks × 1 game × 4 queries
+    assert all(0.0 <= row["lsp/degenerate_query_frac"] <= 1.0 for row in logs)
+    assert "lsp/self_reward" in logs[0] and "lsp/judge_parse_fail_frac" in logs[0]
+    # the sharded reference is θ_0: no KL before the first update, some after
+    assert logs[0]["lsp/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert logs[-1]["lsp/kl"] > 0
+    assert read_jsonl(run.output_dir / "selfplay" / "lsp_samples.jsonl")
+    assert (run.output_dir / "model.safetensors").exists()

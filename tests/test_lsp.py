@@ -137,8 +137,9 @@ def test_reward_funcs_load_from_the_working_directory_and_combine(reward_module)
     length, echo = load_reward_funcs(["toy_rewards.length", "toy_rewards.echo_query"])
     assert call_reward_func(length, ["q"], ["abc"]) == [3.0]
     assert call_reward_func(echo, ["hi", "no"], ["a", "b"]) == [1.0, 0.0]  # only the kwargs it names
-    # R = 0.5·length + 2·echo
-    assert task_rewards([length, echo], None, [0.5, 2.0], ["hi", "no"], ["ab", "abcd"]) == [3.0, 2.0]
+    # R = 0.5·length + 2·echo; pairs not kept score 0 and are never passed to the functions
+    assert task_rewards([length, echo], None, [0.5, 2.0], ["hi", "no"], ["ab", "abcd"], [True, True]) == [3.0, 2.0]
+    assert task_rewards([length, echo], None, [0.5, 2.0], ["hi", "no"], ["ab", "abcd"], [False, True]) == [0.0, 2.0]
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ class LSPTrainer(AxolotlTrainer):
         if lsp.reward_model:
             dtype = next(self.model.parameters()).dtype
             batch_size = self.selfplay_config.generation.batch_size
-            self.reward_model = RewardModel(lsp.reward_model, self.accelerator.device, dtype, batch_size)
+            self.reward_model = RewardModel(lsp.reward_model, self.accelerator, dtype, batch_size)
         if lsp.self_reward or lsp.kl_beta > 0:
             self.reference = ReferenceModel(self.model, self.accelerator, self.axolotl_cfg)
         self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps
@@ -183,17 +183,17 @@ class LSPTrainer(AxolotlTrainer):
                     )
 
         # Rewards of the answers to valid queries only.
-        rewards = torch.zeros(len(answers))
         rewarded = [i for i, ok in enumerate(answer_valid) if ok]
-        if rewarded and (self.reward_funcs or self.reward_model is not None):
-            values = task_rewards(
+        rewards = torch.tensor(
+            task_rewards(
                 self.reward_funcs,
                 self.reward_model,
                 self.reward_weights,
-                [query_texts[i // g] for i in rewarded],
-                [answer_texts[i] for i in rewarded],
+                [query_texts[i // g] for i in range(len(answers))],
+                answer_texts,
+                answer_valid,
             )
-            rewards[rewarded] = torch.tensor(values)
+        )
         quality = torch.tensor([float(s or 0) for s in scores]) * lsp.self_reward_weight
         if not lsp.self_reward:
             quality.zero_()
