@@ -92,13 +92,16 @@ class RewardModel:
     number of pairs on every rank), replicated otherwise.
     """
 
-    def __init__(self, path: str, accelerator, dtype: torch.dtype, batch_size: int):
+    def __init__(self, path: str, accelerator, dtype: torch.dtype, batch_size: int, attn_implementation=None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForSequenceClassification.from_pretrained(path, torch_dtype=dtype)
+        # the policy's attention implementation (flash_attention_2 on GPUs) for this model too
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, torch_dtype=dtype, attn_implementation=attn_implementation
+        )
         model.requires_grad_(False)
         model.eval()
         if model.config.pad_token_id is None:

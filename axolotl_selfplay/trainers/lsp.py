@@ -82,9 +82,13 @@ class LSPTrainer(AxolotlTrainer):
         )
         self.reward_model = None
         if lsp.reward_model:
-            dtype = next(self.model.parameters()).dtype
-            batch_size = self.selfplay_config.generation.batch_size
-            self.reward_model = RewardModel(lsp.reward_model, self.accelerator, dtype, batch_size)
+            self.reward_model = RewardModel(
+                lsp.reward_model,
+                self.accelerator,
+                dtype=next(self.model.parameters()).dtype,
+                batch_size=self.selfplay_config.generation.batch_size,
+                attn_implementation=getattr(self.model.config, "_attn_implementation", None),
+            )
         if lsp.self_reward or lsp.kl_beta > 0:
             self.reference = ReferenceModel(self.model, self.accelerator, self.axolotl_cfg)
         self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps

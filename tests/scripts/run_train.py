@@ -64,6 +64,21 @@ def probe_attention(path):
 
     callbacks.generate_responses = probe(callbacks.generate_responses)
     callbacks.score_responses = probe(callbacks.score_responses)
+    # rl: lsp: policy and judge generations, reference scoring, the reward model
+    from axolotl_selfplay import rewards
+    from axolotl_selfplay.trainers import lsp
+
+    lsp.generate_responses = probe(lsp.generate_responses)
+    lsp.score_response_tokens = probe(lsp.score_response_tokens)
+    score = rewards.RewardModel.__call__
+
+    def reward_model_call(self, *args, **kwargs):
+        seen.append(["reward_model", self.model.config._attn_implementation, type(self.model).__name__])
+        with open(path, "w") as f:
+            json.dump(seen, f)
+        return score(self, *args, **kwargs)
+
+    rewards.RewardModel.__call__ = reward_model_call
 
 
 def main():
