@@ -82,8 +82,17 @@ def test_lsp_every_parameter_moved_full_finetune(lsp_run, arithmetic_model_dir):
 def test_lsp_zero_lora_trains_every_adapter_parameter(tmp_path, arithmetic_model_dir):
     out = with_reward_module(tmp_path)
     (out / "lengthy.py").write_text(LENGTH_REWARD)
-    cfg = lsp_config(arithmetic_model_dir, out, **LORA)
-    cfg["selfplay"]["lsp"].update({"self_reward": False, "reward_funcs": ["lengthy.answer_length"]})
+    # seed prompts: each game's Challenger prompt is built from one of these
+    seeds = ("Write an addition problem.", "Write an addition problem!")
+    (out / "seeds.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in seeds))
+    cfg = lsp_config(arithmetic_model_dir, out, datasets=[{"path": "seeds.jsonl", "field": "topic"}], **LORA)
+    cfg["selfplay"]["lsp"].update(
+        {
+            "self_reward": False,
+            "reward_funcs": ["lengthy.answer_length"],
+            "challenger_prompt": "{seed}",
+        }
+    )
     report = tmp_path / "moved.json"
     run = train_in_process(cfg, out / "lsp_zero.yml", "--param-report", str(report))
     moved = json.loads(report.read_text())
@@ -96,6 +105,8 @@ def test_lsp_zero_lora_trains_every_adapter_parameter(tmp_path, arithmetic_model
     assert "lsp/self_reward" not in logs[0]  # LSP-Zero: no judge
     assert logs[-1]["lsp/kl"] > 0  # the reference is the adapter-disabled base
     assert (run.output_dir / "adapter_model.safetensors").exists()
+    samples = read_jsonl(run.output_dir / "selfplay" / "lsp_samples.jsonl")
+    assert samples and {row["seed"] for row in samples} <= set(seeds)
 
 
 def test_attention_implementation_reaches_every_lsp_model(tmp_path, arithmetic_model_dir, reward_model_dir):

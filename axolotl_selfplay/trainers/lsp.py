@@ -253,8 +253,10 @@ class LSPTrainer(AxolotlTrainer):
             dtype=torch.float64,
         )
         if self.accelerator.is_main_process:
+            game_seed = [self.game_seeds[games[i // (n * g)]] for i in range(len(answers))]
             self._samples = [
                 {
+                    "seed": game_seed[i] or None,
                     "query": query_texts[i // g],
                     "answer": answer_texts[i],
                     "reward": float(rewards[i]),
@@ -263,7 +265,7 @@ class LSPTrainer(AxolotlTrainer):
                 }
                 for i in (rewarded or [])[:SAMPLES_PER_LOG]
             ] + [
-                {"query": query_texts[i], "answer": None, "degenerate": True}
+                {"seed": game_seed[i * g] or None, "query": query_texts[i], "answer": None, "degenerate": True}
                 for i in range(len(queries))
                 if not valid[i]
             ][: max(0, SAMPLES_PER_LOG - n_valid)]
