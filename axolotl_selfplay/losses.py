@@ -1,7 +1,10 @@
 """Self-play losses as small pure tensor functions (no model, no trainer).
 
-Shapes: every argument is a float tensor of shape (P,) with one entry per
-(real, generated) pair; log-probs are per-sequence SUMS over response tokens.
+SPIN family (`spin_loss`, `spin_chi2_loss`, `mix_reference`): every argument is
+a float tensor of shape (P,) with one entry per (real, generated) pair; log-probs
+are per-sequence SUMS over response tokens. LSP (`lsp_advantages`,
+`lsp_policy_loss`, `k3_kl`) works on per-game reward grids and per-token
+log-probs; each function states its shapes.
 """
 
 from __future__ import annotations
