@@ -109,19 +109,22 @@ def test_lsp_zero_lora_trains_every_adapter_parameter(tmp_path, arithmetic_model
     assert samples and {row["seed"] for row in samples} <= set(seeds)
 
 
-def test_attention_implementation_reaches_every_lsp_model(tmp_path, arithmetic_model_dir, reward_model_dir):
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_attention_implementation_reaches_every_lsp_model(adapter, tmp_path, arithmetic_model_dir, reward_model_dir):
     """The configured `attn_implementation` (flash_attention_2 on GPUs; eager here, not
-    the library default sdpa) reaches the policy's generations, the frozen reference copy
-    (judge and KL scoring) and the reward model."""
+    the library default sdpa) reaches the policy's generations, the reference model
+    (judge and KL scoring: a frozen copy with full fine-tuning, the adapter-disabled
+    policy with LoRA) and the reward model. The LoRA case is also LSP's judge under LoRA."""
     attn = "eager"
     out = with_reward_module(tmp_path)
-    cfg = lsp_config(arithmetic_model_dir, out, attn_implementation=attn, max_steps=1)
+    cfg = lsp_config(arithmetic_model_dir, out, attn_implementation=attn, max_steps=1, **(LORA if adapter == "lora" else {}))
     cfg["selfplay"]["lsp"]["reward_model"] = str(reward_model_dir)
     probe = tmp_path / "attn.json"
-    train_in_process(cfg, out / "attn.yml", "--probe-attn", str(probe))
+    run = train_in_process(cfg, out / "attn.yml", "--probe-attn", str(probe))
     seen = json.loads(probe.read_text())
     passes = [name for name, _, _ in seen]
     # challenger + solver + judge generations, reference scoring, reward model
     assert passes.count("generate_responses") == 3
     assert passes.count("score_response_tokens") == 1 and passes.count("reward_model") == 1
     assert {impl for _, impl, _ in seen} == {attn}, seen
+    assert 0.0 <= run.logs()[0]["lsp/judge_parse_fail_frac"] <= 1.0
