@@ -3,7 +3,8 @@
 At the first epoch of iteration t (epochs are grouped E per iteration) it
 1. generates y' for every training prompt with the current policy θ_t
    (each rank its shard of the prompts; results gathered so every rank holds
-   the whole store),
+   the whole store) — in the training process, or with `generation.backend:
+   vllm` on a vLLM server that first receives θ_t's weights,
 2. in the same no-grad pass scores lp_θt(y|x) and lp_θt(y'|x), including the
    older opponents kept by `history`, so no reference model is ever held,
 3. writes the iteration's pairs to `output_dir/selfplay/iter_{t}.jsonl`.
@@ -82,23 +83,35 @@ def refresh_opponents(trainer, iteration: int) -> None:
     def pad(items, filler):
         return pad_for_lockstep(items, filler, accelerator) if lockstep else items
 
+    seed = (trainer.args.seed + 1_000_003 * (iteration + 1) + rank) % 2**31
+    sampling = {
+        "eos_token_ids": eos_ids,
+        "max_new_tokens": gen.max_new_tokens,
+        "do_sample": gen.do_sample,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "seed": seed,
+    }
+    server = trainer.vllm_server
+    if server is not None:
+        # The vLLM server samples; θ_t's weights go there once per iteration.
+        with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as model:
+            server.push_weights(model)
+        generated = server.generate(prompts, n=1, **sampling)
+
     with unwrap_model_for_generation(
         trainer.model_wrapped, accelerator, gather_deepspeed3_params=gen.ds3_gather_for_generation
     ) as model:
-        generated = generate_responses(
-            model,
-            pad(prompts, store.prompts[0]),
-            pad_token_id=pad_id,
-            eos_token_ids=eos_ids,
-            max_new_tokens=gen.max_new_tokens,
-            do_sample=gen.do_sample,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            batch_size=gen.batch_size,
-            seed=(trainer.args.seed + 1_000_003 * (iteration + 1) + rank) % 2**63,
-            show_progress=accelerator.is_main_process,
-            synced_gpus=lockstep,
-        )[: len(prompts)]
+        if server is None:
+            generated = generate_responses(
+                model,
+                pad(prompts, store.prompts[0]),
+                pad_token_id=pad_id,
+                batch_size=gen.batch_size,
+                show_progress=accelerator.is_main_process,
+                synced_gpus=lockstep,
+                **sampling,
+            )[: len(prompts)]
         pools, new = [], []
         for i, real, (tokens, truncated) in zip(shard, reals, generated):
             opponent = Opponent(iteration, tokens, truncated, classify(tokens, real, eos_ids))

@@ -80,6 +80,19 @@ class SelfPlayGenerationConfig(BaseModel):
         "Same meaning as TRL's `ds3_gather_for_generation`.",
     )
 
+    backend: Literal["hf", "vllm"] = Field(
+        default="hf",
+        description="Who samples: `hf` = the model being trained (`generate` on the training GPUs); "
+        "`vllm` = a vLLM server started with `axolotl vllm-serve <this config>` (address from "
+        "Axolotl's `vllm.host` / `vllm.port`). The policy's weights are pushed to the server once "
+        "per SPIN iteration and before every LSP step; scoring stays on the training GPUs.",
+    )
+    vllm_server_timeout: float = Field(
+        default=240.0,
+        gt=0.0,
+        description="`backend: vllm`: seconds to wait for the server when training starts.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _no_typos(cls, data: Any) -> Any:

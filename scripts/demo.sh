@@ -31,8 +31,9 @@ import json, pathlib
 out = pathlib.Path("outputs/tiny-lsp")
 rows = [json.loads(line) for line in (out / "selfplay" / "lsp_samples.jsonl").open()]
 last = [r for r in rows if r["step"] == rows[-1]["step"]]
-print(f"{out}/selfplay/lsp_samples.jsonl: {len(rows)} sampled games rows; last step:")
+print(f"{out}/selfplay/lsp_samples.jsonl: {len(rows)} sampled queries; last step:")
 for r in last[:4]:
-    print(f"  challenger: {r['query']!r:28} solver: {r['answer']!r:8} reward: {r.get('reward')}")
+    answers = ", ".join(f"{a['answer']!r} ({a['reward']:g})" for a in r["answers"]) or "degenerate query"
+    print(f"  challenger: {r['query']!r:24} solver (reward): {answers}")
 print(f"trained model: {out}/model.safetensors; TensorBoard logs: {out}/runs")
 PY

@@ -112,6 +112,7 @@ def test_plain_dpo_config_is_untouched(load):
         ({"rl": "spin_chi2", "selfplay": {"loss_type": "hinge"}}, "`selfplay.loss_type` only applies to `rl: spin`"),
         ({"selfplay": {"kl_to_base": 1.5}}, "invalid `selfplay.kl_to_base`: Input should be less than or equal to 1"),
         ({"selfplay": {"opponent_mixture": "average"}}, "invalid `selfplay.opponent_mixture`: Input should be 'latest' or 'uniform'"),
+        ({"selfplay": {"generation": {"backend": "vlm"}}}, "invalid `selfplay.generation.backend`: Input should be 'hf' or 'vllm'"),
     ],
 )
 def test_bad_input_errors_name_the_key(load, overrides, message):

@@ -68,10 +68,15 @@ def test_lsp_logs_every_metric(lsp_run):
 def test_lsp_writes_samples_every_logging_step(lsp_run):
     rows = read_jsonl(lsp_run.output_dir / "selfplay" / "lsp_samples.jsonl")
     assert {row["step"] for row in rows} == {1, 2, 3}
-    answered = [row for row in rows if row.get("answer") is not None]
-    assert answered
-    for row in answered:
-        assert {"query", "answer", "reward", "self_reward", "challenger_reward"} <= set(row)
+    assert len(rows) == 3 * 8  # the first 8 queries of each step (2 games × 4)
+    for row in rows:
+        assert {"seed", "query", "degenerate", "challenger_reward", "answers"} <= set(row)
+        # 3 answers with their rewards, or none for a degenerate query
+        assert len(row["answers"]) == (0 if row["degenerate"] else 3)
+        for answer in row["answers"]:
+            assert {"answer", "reward", "self_reward"} <= set(answer)
+    # the untrained judge never writes `Score: k`: one warning says so
+    assert "none of the judge's" in lsp_run.output
 
 
 def test_lsp_every_parameter_moved_full_finetune(lsp_run, arithmetic_model_dir):

@@ -44,10 +44,11 @@ from ..logprobs import pad_sequences, token_logps
 from ..losses import lsp_advantages, lsp_policy_loss
 from ..reference import ReferenceModel
 from ..rewards import RewardModel, load_reward_funcs, parse_judge_score, task_rewards
+from ..vllm_backend import connect_vllm_server
 
 LOG = get_logger(__name__)
 
-SAMPLES_PER_LOG = 8  # (query, answer, reward) rows written to lsp_samples.jsonl per logging step
+SAMPLES_PER_LOG = 8  # queries (with their answers and rewards) written to lsp_samples.jsonl per logging step
 
 
 class LSPTrainer(AxolotlTrainer):
@@ -62,9 +63,11 @@ class LSPTrainer(AxolotlTrainer):
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = end_of_turn_ids(tokenizer, self.accelerator.unwrap_model(self.model))
         self.reference = None
+        self.vllm_server = None
         self._micro_step = 0
         self._rollout_stats: torch.Tensor | None = None
         self._samples: list[dict] = []
+        self._warned_judge = False
 
     @classmethod
     def requires_all_columns(cls, cfg) -> bool:  # Axolotl >= 0.21 asks before building args
@@ -91,6 +94,7 @@ class LSPTrainer(AxolotlTrainer):
             )
         if lsp.self_reward or lsp.kl_beta > 0:
             self.reference = ReferenceModel(self.model, self.accelerator, self.axolotl_cfg)
+        self.vllm_server = connect_vllm_server(self)
         self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps
         return super().train(*args, **kwargs)
 
@@ -136,23 +140,40 @@ class LSPTrainer(AxolotlTrainer):
         seed = hash((self.args.seed, self._micro_step, accelerator.process_index)) % (2**31)
         self._micro_step += 1
 
-        challenger_prompts = []
-        for game in games:
-            text = lsp.challenger_prompt.replace(SEED_SLOT, self.game_seeds[game])
-            challenger_prompts += [self._chat_prompt(text)] * n
+        game_prompts = [
+            self._chat_prompt(lsp.challenger_prompt.replace(SEED_SLOT, self.game_seeds[game])) for game in games
+        ]
+        challenger_prompts = [prompt for prompt in game_prompts for _ in range(n)]
         sampling = {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
         with unwrap_model_for_generation(
-            self.model_wrapped, accelerator, gather_deepspeed3_params=gen.ds3_gather_for_generation
+            self.model_wrapped,
+            accelerator,
+            gather_deepspeed3_params=gen.ds3_gather_for_generation or self.vllm_server is not None,
         ) as policy:
-            queries = generate_responses(
-                policy, challenger_prompts, max_new_tokens=lsp.max_query_tokens, seed=seed, **sampling, **common
-            )
+            if self.vllm_server is not None:
+                # The server samples both roles with this step's weights.
+                self.vllm_server.push_weights(policy)
+                queries = self.vllm_server.generate(
+                    game_prompts, n=n, eos_token_ids=self.eos_token_ids, max_new_tokens=lsp.max_query_tokens,
+                    seed=seed, **sampling,
+                )
+            else:
+                queries = generate_responses(
+                    policy, challenger_prompts, max_new_tokens=lsp.max_query_tokens, seed=seed, **sampling, **common
+                )
             query_texts = [self._decode(tokens) for tokens, _ in queries]
             valid = [not truncated and bool(text) for (_, truncated), text in zip(queries, query_texts)]
-            solver_prompts = [self._chat_prompt(text) for text in query_texts for _ in range(g)]
-            answers = generate_responses(
-                policy, solver_prompts, max_new_tokens=gen.max_new_tokens, seed=seed + 1, **sampling, **common
-            )
+            query_prompts = [self._chat_prompt(text) for text in query_texts]
+            solver_prompts = [prompt for prompt in query_prompts for _ in range(g)]
+            if self.vllm_server is not None:
+                answers = self.vllm_server.generate(
+                    query_prompts, n=g, eos_token_ids=self.eos_token_ids, max_new_tokens=gen.max_new_tokens,
+                    seed=seed + 1, **sampling,
+                )
+            else:
+                answers = generate_responses(
+                    policy, solver_prompts, max_new_tokens=gen.max_new_tokens, seed=seed + 1, **sampling, **common
+                )
         answer_texts = [self._decode(tokens) for tokens, _ in answers]
         answer_valid = [valid[i // g] for i in range(len(answers))]
 
@@ -253,22 +274,25 @@ class LSPTrainer(AxolotlTrainer):
             dtype=torch.float64,
         )
         if self.accelerator.is_main_process:
-            game_seed = [self.game_seeds[games[i // (n * g)]] for i in range(len(answers))]
             self._samples = [
                 {
-                    "seed": game_seed[i] or None,
-                    "query": query_texts[i // g],
-                    "answer": answer_texts[i],
-                    "reward": float(rewards[i]),
-                    "self_reward": scores[i] if lsp.self_reward else None,
-                    "challenger_reward": float(challenger_rewards[i // g]),
+                    "seed": self.game_seeds[games[q // n]] or None,
+                    "query": query_texts[q],
+                    "degenerate": not valid[q],
+                    "challenger_reward": float(challenger_rewards[q]),
+                    "answers": [
+                        {
+                            "answer": answer_texts[i],
+                            "reward": float(rewards[i]),
+                            "self_reward": scores[i] if lsp.self_reward else None,
+                        }
+                        for i in range(q * g, (q + 1) * g)
+                    ]
+                    if valid[q]
+                    else [],
                 }
-                for i in (rewarded or [])[:SAMPLES_PER_LOG]
-            ] + [
-                {"seed": game_seed[i * g] or None, "query": query_texts[i], "answer": None, "degenerate": True}
-                for i in range(len(queries))
-                if not valid[i]
-            ][: max(0, SAMPLES_PER_LOG - n_valid)]
+                for q in range(min(len(queries), SAMPLES_PER_LOG))
+            ]
         return batch
 
     # -- loss ------------------------------------------------------------------
@@ -327,6 +351,16 @@ class LSPTrainer(AxolotlTrainer):
         if lsp.self_reward:
             metrics["lsp/self_reward"] = quality / max(answers, 1.0)
             metrics["lsp/judge_parse_fail_frac"] = parse_fail / max(answers, 1.0)
+            if answers and parse_fail == answers and not self._warned_judge:
+                # LSP then silently runs as LSP-Zero at the cost of N·G judge generations.
+                LOG.warning(
+                    "rl: lsp: none of the judge's %d replies contained a valid `Score: <0-%d>`, so the "
+                    "self-reward is 0. Check `selfplay.lsp.judge_prompt` with this model, or set "
+                    "`self_reward: false` (LSP-Zero) to skip the judge's generations.",
+                    int(answers),
+                    lsp.judge_max_score,
+                )
+                self._warned_judge = True
         if lsp.kl_beta > 0:
             metrics["lsp/kl"] = kl / max(rows_total, 1.0)
         self.store_metrics(metrics)

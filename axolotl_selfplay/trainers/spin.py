@@ -42,6 +42,7 @@ from ..logprobs import sequence_logps
 from ..losses import mix_reference, spin_chi2_loss, spin_loss
 from ..opponent import OpponentStore
 from ..reference import StartingModel
+from ..vllm_backend import connect_vllm_server
 
 LOG = get_logger(__name__)
 
@@ -90,6 +91,7 @@ class SelfPlayTrainer(AxolotlTrainer):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self.opponents.history = self.selfplay_config.history
         self.starting_model = StartingModel(self.axolotl_cfg)  # θ_0, used with kl_to_base
+        self.vllm_server = connect_vllm_server(self)
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint

@@ -1,0 +1,133 @@
+"""Generation through a vLLM server: `selfplay.generation.backend: vllm`.
+
+The server is the one Axolotl ships: start it with the same YAML on GPUs that do
+not train (`CUDA_VISIBLE_DEVICES=7 axolotl vllm-serve config.yml`; host and port
+from Axolotl's `vllm:` block), then `axolotl train config.yml` on the others.
+We talk to it with TRL's `VLLMClient`, so the protocol always matches the TRL
+that the installed Axolotl ships (Axolotl 0.19's TRL-style server, Axolotl
+0.21's native `vllm serve`).
+
+- Weights: before generating, the main process pushes the policy's weights to
+  the server over TRL's NCCL weight-update group — once per iteration for SPIN
+  (the opponent θ_t is frozen during an iteration), before every step for LSP.
+  With LoRA the adapter is merged for the push and unmerged after, and tensors
+  are named as in the base model (TRL's scheme). Under ZeRO-3 the weights are
+  gathered for the push (TRL's `unwrap_model_for_generation`).
+- Generation: every rank sends its own prompts (token ids); `n` samples per
+  prompt come back prompt-major. Sampling is seeded per request.
+- Scoring (log-probs under θ_t, θ_0), the LSP judge and the reward model stay
+  on the training GPUs: only sampling moves to the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+
+import torch
+
+from . import get_logger
+from .generation import cut_at_eos
+
+LOG = get_logger(__name__)
+
+
+def vllm_named_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs in the server's (base model's) naming.
+
+    For a PEFT model the caller has merged the adapter: the LoRA tensors are
+    skipped, `base_model.model.` and `.base_layer` are dropped from the names,
+    and `modules_to_save` copies replace the originals (as TRL does).
+    """
+    is_peft = hasattr(model, "peft_config")
+    for name, param in model.named_parameters():
+        if is_peft:
+            if "lora_" in name or "original_module" in name:
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            name = name.replace("modules_to_save.default.", "")
+        yield name, param.data
+
+
+class VLLMServer:
+    def __init__(self, axolotl_cfg, accelerator, timeout: float):
+        try:
+            from trl.generation.vllm_client import VLLMClient
+        except ImportError:  # older TRL layout
+            from trl.extras.vllm_client import VLLMClient
+        vllm_cfg = axolotl_cfg.get("vllm") or {}
+        host = vllm_cfg.get("host") or "0.0.0.0"
+        port = int(vllm_cfg.get("port") or 8000)
+        self.accelerator = accelerator
+        try:
+            self.client = VLLMClient(host=host, server_port=port, connection_timeout=timeout)
+        except ImportError as error:
+            raise ImportError(
+                f"`selfplay.generation.backend: vllm` needs the vllm package on the training machine "
+                f"({error}). Install Axolotl's vllm extra, or set `backend: hf`."
+            ) from None
+        except OSError as error:  # builtin ConnectionError (TRL 1.14) or requests' (TRL 1.9)
+            raise ConnectionError(
+                f"`selfplay.generation.backend: vllm`: no vLLM server at {host}:{port} after {timeout:.0f}s. "
+                "Start it first with `axolotl vllm-serve <this config>` (`vllm.host`/`vllm.port` choose the "
+                "address), or raise `selfplay.generation.vllm_server_timeout`."
+            ) from error
+        self._communicator_ready = False
+        LOG.info("self-play: generating through the vLLM server at %s:%d", host, port)
+
+    def push_weights(self, model) -> None:
+        """Send the weights of `model` (unwrapped and, under ZeRO-3, gathered) to the server.
+
+        Every rank calls this (the caller holds the gathered context on all ranks);
+        only the main process talks to the server.
+        """
+        if self.accelerator.is_main_process:
+            if not self._communicator_ready:
+                self.client.init_communicator(device=self.accelerator.device)
+                self._communicator_ready = True
+            is_peft = hasattr(model, "peft_config")
+            if is_peft:
+                model.merge_adapter()
+            try:
+                batch = getattr(self.client, "weight_update", None)  # TRL >= 1.14: one update for all tensors
+                with batch() if batch is not None else nullcontext():
+                    for name, tensor in vllm_named_weights(model):
+                        self.client.update_named_param(name, tensor)
+            finally:
+                if is_peft:
+                    model.unmerge_adapter()
+            self.client.reset_prefix_cache()
+        self.accelerator.wait_for_everyone()
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        n: int,
+        eos_token_ids: set[int],
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        seed: int,
+    ) -> list[tuple[list[int], bool]]:
+        """`n` responses per prompt, prompt-major: [(tokens cut at the first EOS, truncated)]."""
+        if not prompts:
+            return []
+        output = self.client.generate(
+            prompts=prompts,
+            n=n,
+            temperature=temperature if do_sample else 0.0,
+            top_p=top_p if do_sample else 1.0,
+            max_tokens=max_new_tokens,
+            generation_kwargs={"seed": int(seed)},
+        )
+        return [cut_at_eos(list(ids), eos_token_ids) for ids in output["completion_ids"]]
+
+
+def connect_vllm_server(trainer) -> VLLMServer | None:
+    """The trainer's vLLM server when `generation.backend: vllm`, else None."""
+    gen = trainer.axolotl_cfg.selfplay.generation
+    if gen.backend != "vllm":
+        return None
+    return VLLMServer(trainer.axolotl_cfg, trainer.accelerator, gen.vllm_server_timeout)

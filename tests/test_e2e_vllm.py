@@ -1,0 +1,147 @@
+"""`generation.backend: vllm` against a CPU stand-in of the vLLM server.
+
+The stand-in (tests/vllm_standin/server.py) answers the HTTP protocol of the server
+that the installed Axolotl ships, through TRL's real VLLMClient; only the NCCL
+weight transfer is replaced by HTTP (tests/vllm_standin/sitecustomize.py). The
+stand-in loads every pushed tensor into its own copy of the model and generates
+with it, so these runs check the whole client side: when weights are pushed, under
+which names (LoRA merged into base-model names), and that generation uses them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import LORA, REPO, axolotl_train, base_config, lsp_config, read_jsonl, with_reward_module
+
+pytestmark = pytest.mark.e2e
+STANDIN = REPO / "tests" / "vllm_standin"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StandIn:
+    def __init__(self, model_dir: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(STANDIN / "server.py"), str(model_dir), str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.5)
+        self.proc.kill()
+        raise RuntimeError(f"stand-in server did not start: {self.proc.stderr.read()[-2000:]}")
+
+    def log(self) -> dict:
+        return requests.get(f"{self.url}/standin/log", timeout=10).json()
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def weights_checksum(path: Path) -> float:
+    from safetensors.torch import load_file
+
+    return float(sum(t.double().abs().sum() for t in load_file(str(path)).values()))
+
+
+def parameter_names(model_dir: Path) -> set[str]:
+    from transformers import AutoModelForCausalLM
+
+    return {name for name, _ in AutoModelForCausalLM.from_pretrained(str(model_dir)).named_parameters()}
+
+
+def run_with_standin(cfg: dict, config_path: Path, server: StandIn):
+    cfg["vllm"] = {"host": "127.0.0.1", "port": server.port}  # Axolotl's own `vllm:` block
+    env = {"PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")])}
+    run = axolotl_train(cfg, config_path, env=env)
+    assert run.returncode == 0, run.output[-5000:]
+    return run
+
+
+def test_spin_pushes_each_iterate_once_and_generates_on_the_server(tmp_path, tiny_model_dir):
+    server = StandIn(tiny_model_dir)
+    try:
+        gen = {"backend": "vllm", "do_sample": False, "max_new_tokens": 12, "vllm_server_timeout": 60}
+        cfg = base_config(
+            tiny_model_dir, tmp_path, selfplay={"iterations": 2, "generation": gen}, save_strategy="steps", save_steps=4
+        )
+        run = run_with_standin(cfg, tmp_path / "spin.yml", server)
+        log = server.log()
+    finally:
+        server.close()
+    assert "generating through the vLLM server" in run.output
+    assert log["errors"] == []
+    # one push per iteration, every parameter under the model's own names
+    assert len(log["pushes"]) == 2
+    names = parameter_names(tiny_model_dir)
+    for push in log["pushes"]:
+        assert sorted(push["names"]) == sorted(names)
+    # iteration 0 samples from θ_0; iteration 1 from the weights after iteration 0 (checkpoint-4)
+    assert log["pushes"][0]["checksum"] == pytest.approx(weights_checksum(tiny_model_dir / "model.safetensors"), rel=1e-6)
+    after_iteration_0 = weights_checksum(run.output_dir / "checkpoint-4" / "model.safetensors")
+    assert log["pushes"][1]["checksum"] == pytest.approx(after_iteration_0, rel=1e-6)
+    assert log["prompts"] == 2 * 64  # every prompt, once per iteration
+    # the opponents came from the server and the loss path is unchanged
+    losses = dict(run.scalars("train/loss"))
+    assert losses[1] == pytest.approx(math.log(2), abs=1e-4) and losses[5] == pytest.approx(math.log(2), abs=1e-4)
+    assert len(read_jsonl(run.output_dir / "selfplay" / "iter_1.jsonl")) == 64
+
+
+def test_lsp_lora_pushes_merged_weights_every_step(tmp_path, arithmetic_model_dir):
+    server = StandIn(arithmetic_model_dir)
+    try:
+        out = with_reward_module(tmp_path)
+        cfg = lsp_config(arithmetic_model_dir, out, **LORA)
+        cfg["selfplay"]["generation"].update({"backend": "vllm", "vllm_server_timeout": 60})
+        cfg["selfplay"]["lsp"]["self_reward"] = False
+        run = run_with_standin(cfg, out / "lsp.yml", server)
+        log = server.log()
+    finally:
+        server.close()
+    assert log["errors"] == []
+    assert len(log["pushes"]) == 3  # before every step
+    names = parameter_names(arithmetic_model_dir)
+    for push in log["pushes"]:
+        # the adapter is merged: base-model names only, no lora_* / base_layer
+        assert sorted(push["names"]) == sorted(names)
+    base = weights_checksum(arithmetic_model_dir / "model.safetensors")
+    assert log["pushes"][0]["checksum"] == pytest.approx(base, rel=1e-6)  # B = 0 at the start: merged = base
+    assert log["pushes"][-1]["checksum"] != pytest.approx(base, rel=1e-9)  # the trained adapter reached the server
+    # per step: one request for the 2 games' challengers (n = 4), one for 8 queries' solvers (n = 3)
+    assert log["generate_requests"] == 2 * 3 and log["prompts"] == 3 * (2 + 8)
+    logs = run.logs()
+    assert len(logs) == 3 and "lsp/solver_reward" in logs[0]
+
+
+def test_missing_server_is_one_clear_error(tmp_path, tiny_model_dir):
+    gen = {"backend": "vllm", "vllm_server_timeout": 1}
+    cfg = base_config(tiny_model_dir, tmp_path, selfplay={"iterations": 1, "generation": gen})
+    cfg["vllm"] = {"host": "127.0.0.1", "port": _free_port()}
+    env = {"PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")])}
+    run = axolotl_train(cfg, tmp_path / "spin.yml", env=env)
+    assert run.returncode != 0
+    assert "no vLLM server at 127.0.0.1" in run.output and "axolotl vllm-serve" in run.output
