@@ -1,0 +1,484 @@
+"""Does LSP raise Solver accuracy on a verifiable toy task with NO data? (CPU, tiny model)
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/lsp_arithmetic.py --workdir outputs/lsp_arithmetic
+
+Question: Language Self-Play (`rl: lsp`, arXiv 2509.07414) trains one model as
+Challenger (writes queries) and Solver (answers them) from a task reward alone.
+On two-number addition ("What is A+B?", operands 0..49, `exact_sum` reward),
+does the Solver's exact-match accuracy on a FIXED held-out set rise when it
+plays LSP-Zero, with no training data at all, and how does that compare with
+spending the same optimizer steps on plain SFT with labelled data?
+
+Setup, per seed:
+1. a held-out set of 200 "What is A+B?" problems (fixed seed, the same for every
+   run); the SFT data's Solver rows never contain a held-out problem, so
+   held-out accuracy measures generalisation, not recall;
+2. a tiny offline Llama + tokenizer (`axolotl_selfplay.cli.build_tiny_model`),
+   warmed up with `warm_up` to a WEAK start (a model that cannot play either
+   role gets no LSP signal; one that is already perfect has nothing to learn);
+3. from that same start, arms with the same number of optimizer steps and the
+   same learning rate, each a real `axolotl train` subprocess:
+   - `lsp_zero`: `rl: lsp`, `self_reward: false`, reward `arithmetic.exact_sum`;
+   - `sft`: plain Axolotl SFT on the arithmetic SFT data (both roles);
+   - `lsp` (first `--self-reward-seeds` seeds): `rl: lsp` with the self-judge on;
+4. held-out greedy exact match of the Solver before and after each arm.
+Prints a markdown table (mean ± sd over seeds, paired difference to the start,
+wall time), the first/last-step LSP metrics from TensorBoard, and the last
+step's sample queries (did the Challenger drift?).
+
+Defaults (the run in benchmarks/RESULTS.md): Llama hidden 128 × 4 layers, vocab
+512, warmed up 1000 steps × 32 rows at lr 1e-3 on 4096 both-role rows (minus
+held-out/dev Solver rows) to ~15% held-out; every arm 80 AdamW steps at a
+constant lr 3e-4. LSP: 2 games per step × 8 queries × 4 answers, temperature
+1.0, answers ≤ 6 tokens, queries ≤ 16 tokens, kl_beta 0.04; SFT arm: 32 rows
+per step. lr and steps were picked on seed 0 with the dev split (`--on-dev`):
+lr 1e-3 for 40 steps took LSP-Zero from 14% to 6% on dev, 3e-4 and 1e-4 did not
+hurt. Checkpoints every 20 steps give the held-out curve. About 15 minutes on 2
+CPU cores (one process at a time).
+
+Needs the project venv (axolotl on PATH). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+REWARD_MODULE = REPO / "example_configs" / "rewards" / "arithmetic.py"
+PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
+
+
+def load_arithmetic():
+    # The reward module is not a package; load it by path so the held-out set,
+    # the SFT data and the reward all share one definition of the task.
+    spec = importlib.util.spec_from_file_location("arithmetic", REWARD_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ARITH = load_arithmetic()
+
+
+# -- data ----------------------------------------------------------------------
+
+
+def heldout_problems(count: int, seed: int) -> list[tuple[int, int]]:
+    """`count` distinct (a, b) pairs, fixed by `seed`."""
+    rng = random.Random(seed)
+    pairs: list[tuple[int, int]] = []
+    seen = set()
+    while len(pairs) < count:
+        pair = (rng.randint(0, ARITH.MAX_OPERAND), rng.randint(0, ARITH.MAX_OPERAND))
+        if pair not in seen:
+            seen.add(pair)
+            pairs.append(pair)
+    return pairs
+
+
+def write_sft_data(path: Path, rows: int, excluded: list[tuple[int, int]]) -> int:
+    """Both-role SFT rows with every held-out (and dev) problem removed from the Solver rows.
+
+    Challenger rows stay (they only teach the question format). Returns the
+    number of rows written.
+    """
+    banned = {ARITH.question(a, b) for a, b in excluded}
+    kept = [
+        row
+        for row in ARITH.sft_rows(rows, seed=0)
+        if not (row["messages"][0]["content"] in banned)  # a Solver row asking a held-out problem
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in kept)
+    return len(kept)
+
+
+# -- model -----------------------------------------------------------------------
+
+
+def build_start(model_dir: Path, data: Path, args, seed: int) -> None:
+    """The weak starting model of one seed (init and SFT order depend on the seed).
+
+    A start built earlier with the same settings is reused: it is deterministic,
+    and the arms are what a re-run usually changes.
+    """
+    from axolotl_selfplay.cli import build_tiny_model, warm_up
+
+    recipe = {k: getattr(args, k) for k in ("hidden_size", "layers", "sft_steps", "sft_lr", "sft_rows", "heldout_seed")}
+    marker = model_dir / "start_recipe.json"
+    if marker.exists() and json.loads(marker.read_text()) == recipe:
+        return
+    build_tiny_model(str(model_dir), str(data), hidden_size=args.hidden_size, num_layers=args.layers, seed=seed)
+    warm_up(str(model_dir), str(data), args.sft_steps, lr=args.sft_lr, seed=seed)
+    marker.write_text(json.dumps(recipe))
+
+
+def evaluate(model_dir: Path, heldout: list[tuple[int, int]], batch_size: int = 100) -> float:
+    """Greedy exact match of the Solver on the held-out problems (user turn = question)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    correct = 0
+    for start in range(0, len(heldout), batch_size):
+        batch = heldout[start : start + batch_size]
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": ARITH.question(a, b)}], tokenize=False, add_generation_prompt=True
+            )
+            for a, b in batch
+        ]
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        # Left padding by hand: the prompts differ in length and generation appends on the right.
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=6,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        correct += sum(text.strip() == str(a + b) for text, (a, b) in zip(texts, batch))
+    return correct / len(heldout)
+
+
+# -- axolotl runs -------------------------------------------------------------------
+
+
+def common_config(model_dir: Path, out: Path, seed: int, args) -> dict:
+    """CPU settings shared by every arm: same optimizer, lr, constant schedule."""
+    return {
+        "base_model": str(model_dir),
+        "tokenizer_type": "AutoTokenizer",
+        "chat_template": "tokenizer_default",
+        "val_set_size": 0,
+        "sequence_len": 128,
+        "output_dir": str(out),
+        "gradient_accumulation_steps": 1,
+        "max_steps": args.steps,
+        "optimizer": "adamw_torch",
+        "learning_rate": args.lr,
+        "lr_scheduler": "constant",
+        "warmup_steps": 0,
+        "seed": seed,
+        "bf16": False,
+        "fp16": False,
+        "tf32": False,
+        "attn_implementation": "sdpa",
+        "logging_steps": 1,
+        # Checkpoints only for the held-out curve (`--eval-every`); weights only, no optimizer state.
+        **(
+            {"save_strategy": "steps", "save_steps": args.eval_every, "save_only_model": True}
+            if args.eval_every
+            else {"save_strategy": "no"}
+        ),
+        "use_tensorboard": True,
+        "dataloader_num_workers": 0,
+        "plugins": [PLUGIN],  # Axolotl < 0.20 finds the plugin only through this line
+    }
+
+
+def lsp_config(model_dir: Path, out: Path, seed: int, args, self_reward: bool) -> dict:
+    cfg = common_config(model_dir, out, seed, args)
+    cfg.update(
+        {
+            "rl": "lsp",
+            "micro_batch_size": args.games,  # games per optimizer step
+            "selfplay": {
+                "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_size": 64},
+                "lsp": {
+                    "num_queries": args.num_queries,
+                    "num_answers": args.num_answers,
+                    "max_query_tokens": 16,
+                    "challenger_prompt": ARITH.CHALLENGER_PROMPT,
+                    "self_reward": self_reward,
+                    "judge_max_new_tokens": 8,
+                    "reward_funcs": ["arithmetic.exact_sum"],
+                    "kl_beta": args.kl_beta,
+                },
+            },
+        }
+    )
+    return cfg
+
+
+def sft_config(model_dir: Path, out: Path, seed: int, args, data: Path) -> dict:
+    cfg = common_config(model_dir, out, seed, args)
+    cfg.update(
+        {
+            "datasets": [
+                {
+                    "path": str(data),
+                    "type": "chat_template",
+                    "field_messages": "messages",
+                    "roles_to_train": ["assistant"],
+                    "train_on_eos": "turn",
+                }
+            ],
+            "dataset_prepared_path": str(out.parent / f"prepared-{out.name}"),
+            "micro_batch_size": args.sft_batch_size,
+            "sample_packing": False,
+            "num_epochs": 1000,  # max_steps stops it; the data must not run out first
+        }
+    )
+    return cfg
+
+
+def axolotl_train(cfg: dict, run_dir: Path) -> float:
+    """Run `axolotl train` in `run_dir` (where the reward module sits); returns wall seconds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REWARD_MODULE, run_dir / "arithmetic.py")
+    config = run_dir / "config.yml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    # This checkout's package first, whatever the venv has installed.
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["axolotl", "train", str(config)], check=False, capture_output=True, text=True, env=env, cwd=str(run_dir)
+    )
+    elapsed = time.monotonic() - start
+    (run_dir / "train.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        sys.exit(f"axolotl train {config} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return elapsed
+
+
+def curve(out: Path, heldout: list[tuple[int, int]]) -> dict[int, float]:
+    """Held-out exact match of every intermediate checkpoint (step -> accuracy)."""
+    points = {}
+    for checkpoint in out.glob("checkpoint-*"):
+        points[int(checkpoint.name.split("-")[1])] = evaluate(checkpoint, heldout)
+    return dict(sorted(points.items()))
+
+
+def scalars(out: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for events in sorted(out.joinpath("runs").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            return [(e.step, e.value) for e in acc.Scalars(tag)]
+    return []
+
+
+LSP_TAGS = [
+    "lsp/solver_reward",
+    "lsp/zero_std_frac",
+    "lsp/degenerate_query_frac",
+    "lsp/distinct_query_frac",
+    "lsp/kl",
+]
+WINDOW = 10  # steps averaged at each end: one step holds only 2 games x 8 queries, so single steps are noisy
+
+
+def lsp_trace(out: Path) -> dict:
+    """Per metric: first step, last step, mean of the first and of the last WINDOW steps."""
+    trace = {}
+    for tag in LSP_TAGS:
+        values = [v for _, v in scalars(out, f"train/{tag}")] or [float("nan")]
+        trace[tag] = (values[0], values[-1], statistics.fmean(values[:WINDOW]), statistics.fmean(values[-WINDOW:]))
+    return trace
+
+
+def read_samples(out: Path) -> list[dict]:
+    path = out / "selfplay" / "lsp_samples.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_samples(out: Path, limit: int = 8) -> list[dict]:
+    rows = read_samples(out)
+    last = max(row["step"] for row in rows)
+    return [row for row in rows if row["step"] == last][:limit]
+
+
+def query_drift(out: Path) -> dict:
+    """Did the Challenger's problems change? Logged queries of the first vs last WINDOW steps.
+
+    lsp_samples.jsonl holds the first two valid queries of each step (four answers
+    each), so each window sees about 2·WINDOW distinct queries.
+    """
+    rows = read_samples(out)
+    last = max(row["step"] for row in rows)
+    drift = {}
+    for name, steps in (("first", range(1, WINDOW + 1)), ("last", range(last - WINDOW + 1, last + 1))):
+        queries = {(row["step"], row["query"]) for row in rows if row["step"] in steps}
+        parsed = [ARITH.parse_question(q) for _, q in queries]
+        sums = [a + b for a, b in (p for p in parsed if p)]
+        drift[name] = {
+            "queries": len(queries),
+            "well_formed": len(sums) / max(len(queries), 1),
+            "mean_sum": statistics.fmean(sums) if sums else float("nan"),
+            "carry_frac": statistics.fmean(float(a % 10 + b % 10 >= 10) for a, b in (p for p in parsed if p))
+            if sums
+            else float("nan"),
+        }
+    return drift
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def report(results: dict, args) -> None:
+    seeds = sorted(results["start"])
+    print(
+        f"\nheld-out: {args.heldout} problems; seeds {seeds}; model hidden {args.hidden_size} × {args.layers} layers, "
+        f"warm-up {args.sft_steps} steps at lr {args.sft_lr}; every arm {args.steps} optimizer steps at lr {args.lr}; "
+        f"LSP: {args.games} games × {args.num_queries} queries × {args.num_answers} answers per step, "
+        f"kl_beta {args.kl_beta}\n"
+    )
+    print("| arm | seeds | held-out exact match | paired diff to start | wall time / run (s) |")
+    print("|---|---|---|---|---|")
+    print(f"| start (warm-up) | {len(seeds)} | {mean_sd([results['start'][s] for s in seeds])} | — | — |")
+    arms = [arm for arm in ("lsp_zero", "sft", "lsp") if results.get(arm)]
+    for arm in arms:
+        runs = results[arm]
+        ran = sorted(runs)
+        accs = [runs[s]["acc"] for s in ran]
+        diffs = [runs[s]["acc"] - results["start"][s] for s in ran]
+        times = [runs[s]["seconds"] for s in ran]
+        print(f"| {arm} | {len(ran)} | {mean_sd(accs)} | {mean_sd(diffs):s} | {statistics.fmean(times):.0f} |")
+
+    steps = sorted({step for arm in arms for run in results[arm].values() for step in run["curve"]})
+    if steps:
+        print("\nheld-out exact match along training (checkpoints; mean ± sd over the seeds the arm ran)\n")
+        print("| arm | 0 | " + " | ".join(str(s) for s in steps) + " |")
+        print("|---" * (len(steps) + 2) + "|")
+        for arm in arms:
+            runs = results[arm]
+            cells = [mean_sd([results["start"][s] for s in runs])]
+            cells += [mean_sd([runs[s]["curve"][step] for s in runs]) for step in steps]
+            print(f"| {arm} | " + " | ".join(cells) + " |")
+
+    for arm in ("lsp_zero", "lsp"):
+        runs = results.get(arm) or {}
+        if not runs:
+            continue
+        print(f"\n{arm}: first → last step [mean of the first {WINDOW} → last {WINDOW} steps], per seed\n")
+        print("| seed | " + " | ".join(LSP_TAGS) + " |")
+        print("|---" * (len(LSP_TAGS) + 1) + "|")
+        for s in sorted(runs):
+            cells = [f"{a:.3f} → {b:.3f} [{c:.3f} → {d:.3f}]" for a, b, c, d in (runs[s]["trace"][t] for t in LSP_TAGS)]
+            print(f"| {s} | " + " | ".join(cells) + " |")
+        print(f"\n{arm}: logged Challenger queries, first vs last {WINDOW} steps (per seed)\n")
+        print("| seed | queries | well-formed | mean A+B | needs a carry |")
+        print("|---|---|---|---|---|")
+        for s in sorted(runs):
+            for name in ("first", "last"):
+                d = runs[s]["drift"][name]
+                print(
+                    f"| {s} {name} | {d['queries']} | {d['well_formed']:.2f} | {d['mean_sum']:.1f} | {d['carry_frac']:.2f} |"
+                )
+        first = min(runs)
+        print(f"\n{arm} seed {first}, samples of the last step:\n")
+        for row in runs[first]["samples"]:
+            print(f"    {json.dumps(row)}")
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="outputs/lsp_arithmetic")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--heldout-seed", type=int, default=12345)
+    parser.add_argument("--sft-rows", type=int, default=4096, help="both-role rows before held-out filtering")
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--sft-steps", type=int, default=1000, help="warm-up steps (batch 32) to the weak start")
+    parser.add_argument("--sft-lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=80, help="optimizer steps of every arm")
+    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of every arm")
+    parser.add_argument("--games", type=int, default=2, help="LSP games per step (micro_batch_size)")
+    parser.add_argument("--num-queries", type=int, default=8)
+    parser.add_argument("--num-answers", type=int, default=4)
+    parser.add_argument("--kl-beta", type=float, default=0.04)
+    parser.add_argument("--sft-batch-size", type=int, default=32, help="SFT arm micro_batch_size")
+    parser.add_argument("--arms", nargs="+", default=["lsp_zero", "sft", "lsp"], choices=["lsp_zero", "sft", "lsp"])
+    parser.add_argument("--self-reward-seeds", type=int, default=1, help="seeds that also run the `lsp` arm")
+    parser.add_argument("--start-only", action="store_true", help="build and evaluate the starts, then stop")
+    parser.add_argument("--eval-every", type=int, default=20, help="also evaluate a checkpoint every N steps")
+    parser.add_argument("--tag", default="", help="suffix of the arms' run directories (tuning runs)")
+    parser.add_argument("--on-dev", action="store_true", help="evaluate on the dev split (for tuning)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    # One draw, split: the held-out set reported, and a dev set of the same size
+    # that hyper-parameters were tuned on (`--on-dev`); the SFT data has neither.
+    problems = heldout_problems(2 * args.heldout, args.heldout_seed)
+    heldout, dev = problems[: args.heldout], problems[args.heldout :]
+    data = work / "arithmetic_sft.jsonl"
+    kept = write_sft_data(data, args.sft_rows, problems)
+    print(f"SFT data: {kept} rows ({args.sft_rows - kept} Solver rows on held-out/dev problems dropped)", flush=True)
+    if args.on_dev:
+        print("evaluating on the DEV set (tuning run)", flush=True)
+        heldout = dev
+
+    results: dict = {"start": {}, "lsp_zero": {}, "sft": {}, "lsp": {}}
+    began = time.monotonic()
+    for index, seed in enumerate(args.seeds):
+        start_dir = work / f"start-{seed}"
+        t0 = time.monotonic()
+        build_start(start_dir, data, args, seed)
+        results["start"][seed] = evaluate(start_dir, heldout)
+        print(f"seed {seed}: start {results['start'][seed]:.3f} ({time.monotonic() - t0:.0f}s)", flush=True)
+        if args.start_only:
+            continue
+        for arm in args.arms:
+            if arm == "lsp" and index >= args.self_reward_seeds:
+                continue
+            out = work / f"{arm}{args.tag}-{seed}"
+            if out.exists():
+                shutil.rmtree(out)  # TensorBoard events and lsp_samples.jsonl would accumulate
+            if arm == "sft":
+                cfg = sft_config(start_dir, out, seed, args, data)
+            else:
+                cfg = lsp_config(start_dir, out, seed, args, self_reward=(arm == "lsp"))
+            seconds = axolotl_train(cfg, out)
+            run = {"acc": evaluate(out, heldout), "seconds": seconds, "curve": curve(out, heldout)}
+            if arm != "sft":
+                run["trace"] = lsp_trace(out)
+                run["samples"] = last_samples(out)
+                run["drift"] = query_drift(out)
+            results[arm][seed] = run
+            print(f"seed {seed}: {arm} {run['acc']:.3f} ({seconds:.0f}s)", flush=True)
+    (work / f"results{args.tag}.json").write_text(json.dumps(results, indent=1, default=str))
+    report(results, args)
+    print(f"\ntotal wall time {time.monotonic() - began:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
