@@ -317,8 +317,8 @@ def last_samples(out: Path, limit: int = 8) -> list[dict]:
 def query_drift(out: Path) -> dict:
     """Did the Challenger's problems change? Logged queries of the first vs last WINDOW steps.
 
-    lsp_samples.jsonl holds the first two valid queries of each step (four answers
-    each), so each window sees about 2·WINDOW distinct queries.
+    lsp_samples.jsonl holds the first 8 queries of each step (one row per query,
+    with its answers), so each window sees about 8·WINDOW queries.
     """
     rows = read_samples(out)
     last = max(row["step"] for row in rows)

@@ -54,7 +54,7 @@ def test_rl_spin_becomes_selfplay_block_with_defaults(load):
     assert (sp["iterations"], sp["epochs_per_iteration"], sp["beta"], sp["loss_type"], sp["history"]) == (3, 1, 0.1, "sigmoid", 1)
     assert sp["generation"] == {
         "max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "do_sample": True, "batch_size": 16,
-        "ds3_gather_for_generation": True,
+        "ds3_gather_for_generation": True, "backend": "hf", "vllm_server_timeout": 240.0,
     }
     assert cfg.num_epochs == 3  # K·E
 

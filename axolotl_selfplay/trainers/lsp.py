@@ -12,7 +12,8 @@ One model plays two roles. Every row of a micro-batch is one game:
 
 Steps 1–4 run in `training_step` under no_grad (`_play`), before HF's own
 training step calls `compute_loss` on the prepared batch: generation never
-happens in `compute_loss`.
+happens in `compute_loss`. With `generation.backend: vllm` steps 1–2 run on a
+vLLM server that receives the policy's weights before every step.
 
 Where this departs from (or fills gaps in) the paper, which has no public code:
 - One gradient step per rollout (on-policy, so the PPO ratio is 1 and no
