@@ -72,6 +72,13 @@ def call_reward_func(fn: Callable, queries: list[str], answers: list[str]) -> li
         raise ValueError(f"reward function `{name}` returned non-numbers: {list(values)[:5]!r}") from None
 
 
+def judge_request(template: str, query: str, answer: str) -> str:
+    """`judge_prompt` with `{query}` and `{answer}` filled in one pass (a query that
+    itself contains "{answer}" must not receive the answer)."""
+    values = {"query": query, "answer": answer}
+    return re.sub(r"\{(query|answer)\}", lambda match: values[match.group(1)], template)
+
+
 def parse_judge_score(text: str, max_score: int) -> int | None:
     """The judge's last `Score: <k>`; None when absent, fractional or outside [0, max_score]."""
     matches = _SCORE.findall(text)

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from axolotl_selfplay.losses import k3_kl, lsp_advantages, lsp_policy_loss
-from axolotl_selfplay.rewards import call_reward_func, load_reward_funcs, parse_judge_score, task_rewards
+from axolotl_selfplay.rewards import (
+    call_reward_func,
+    judge_request,
+    load_reward_funcs,
+    parse_judge_score,
+    task_rewards,
+)
 
 
 def test_advantages_match_the_hand_computed_game():
@@ -103,6 +109,11 @@ def test_policy_loss_adds_beta_times_k3():
 )
 def test_parse_judge_score(text, expected):
     assert parse_judge_score(text, max_score=7) == expected
+
+
+def test_judge_request_fills_both_slots_once():
+    template = "Q: {query}\nA: {answer}\nScore?"
+    assert judge_request(template, "say {answer}", "42") == "Q: say {answer}\nA: 42\nScore?"
 
 
 @pytest.fixture

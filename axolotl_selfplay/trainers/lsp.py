@@ -44,7 +44,7 @@ from ..generation import end_of_turn_ids, generate_responses, score_response_tok
 from ..logprobs import pad_sequences, token_logps
 from ..losses import lsp_advantages, lsp_policy_loss
 from ..reference import ReferenceModel
-from ..rewards import RewardModel, load_reward_funcs, parse_judge_score, task_rewards
+from ..rewards import RewardModel, judge_request, load_reward_funcs, parse_judge_score, task_rewards
 from ..vllm_backend import connect_vllm_server
 
 LOG = get_logger(__name__)
@@ -185,8 +185,8 @@ class LSPTrainer(AxolotlTrainer):
             with self.reference.active(self.model_wrapped, gen.ds3_gather_for_generation) as reference:
                 if lsp.self_reward:
                     judge_prompts = [
-                        self._chat_prompt(lsp.judge_prompt.replace("{query}", query_texts[i // g]).replace("{answer}", a))
-                        for i, a in enumerate(answer_texts)
+                        self._chat_prompt(judge_request(lsp.judge_prompt, query_texts[i // g], answer))
+                        for i, answer in enumerate(answer_texts)
                     ]
                     verdicts = generate_responses(
                         reference,
