@@ -24,6 +24,7 @@ Needs the project venv (axolotl on PATH). Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -34,7 +35,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stability import DATA, common, scalars  # noqa: E402
+from stability import DATA, common
 
 MEASURE = """
 import resource, subprocess, sys
@@ -68,7 +69,7 @@ def step_seconds(out: Path) -> float:
         acc.Reload()
         if "train/loss" in acc.Tags()["scalars"]:
             times = [e.wall_time for e in acc.Scalars("train/loss")]
-            return statistics.median(b - a for a, b in zip(times, times[1:]))
+            return statistics.median(b - a for a, b in itertools.pairwise(times))
     raise RuntimeError(f"no train/loss in {out}")
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     from safetensors import safe_open
 
     with safe_open(str(model / "model.safetensors"), "pt") as f:
-        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (safe_open is not a dict)
 
     spin_out = work / "spin"
     cfg = common(str(model), spin_out, seed=0)
