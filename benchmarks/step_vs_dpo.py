@@ -1,4 +1,4 @@
-"""One SPIN training step vs TRL's DPOTrainer with a live reference model, same pairs (CPU).
+"""SPIN vs the DPO route, same pairs (CPU): one training step, and one whole iteration.
 
     python benchmarks/step_vs_dpo.py [--workdir outputs/step_vs_dpo] [--hidden 768] [--layers 12]
 
@@ -15,8 +15,16 @@ AdamW, the same micro-batch and sequence length:
   reference's weights stay in memory.
 Step time = median wall-clock gap between consecutive logged steps (TensorBoard),
 which excludes SPIN's generation pass at the iteration start; peak memory = the
-training process's max RSS. Ratios, measured side by side in one run, are the
-result; absolute numbers on these shared CPUs are noise.
+training process's max RSS.
+
+Whole iteration: the `spin` run's wall time (start-up, generation, scoring,
+training, saving) vs the official three-stage pipeline reproduced with current
+libraries: (1) a generation script written like the official SPIN `generate.py`
+(load the model, fixed batches of prompts in dataset order, left-padded
+`model.generate`, write a file), (2) conversion to a preference file, (3) the
+`dpo` run above (a separate `axolotl train` that loads the model and its
+reference). Ratios, measured side by side in one run, are the result; absolute
+numbers on these shared CPUs are noise.
 
 Needs the project venv (axolotl on PATH). Nothing is downloaded.
 """
@@ -73,6 +81,36 @@ def step_seconds(out: Path) -> float:
     raise RuntimeError(f"no train/loss in {out}")
 
 
+GENERATE_LIKE_OFFICIAL = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model_dir, prompts_file, out_file, batch, max_new = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+tokenizer.padding_side = "left"
+model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+prompts = [json.loads(line)["prompt"] for line in open(prompts_file)]
+torch.manual_seed(0)
+with open(out_file, "w") as out, torch.no_grad():
+    for start in range(0, len(prompts), batch):  # dataset order, fixed batches
+        chunk = prompts[start : start + batch]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, max_new_tokens=max_new, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+        for prompt, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:]):
+            out.write(json.dumps({"prompt": prompt, "generated": tokenizer.decode(row, skip_special_tokens=False)}) + "\\n")
+"""
+
+
+def timed(command: list[str]) -> float:
+    import time
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"{command[:3]} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return time.perf_counter() - start
+
+
 def dpo_pairs(spin_out: Path, path: Path) -> int:
     """The SPIN run's iteration-0 pairs as a DPO file (the pairs SPIN trained on)."""
     rows = [json.loads(line) for line in (spin_out / "selfplay" / "iter_0.jsonl").read_text().splitlines()]
@@ -108,16 +146,28 @@ def main() -> None:
     cfg = common(str(model), spin_out, seed=0)
     cfg.update({"rl": "spin", "micro_batch_size": args.micro_batch, "learning_rate": 1e-5})
     cfg["selfplay"] = {"iterations": 1, "generation": {"max_new_tokens": args.max_new_tokens, "batch_size": 16}}
+    import time
+
+    start = time.perf_counter()
     spin_rss = train_measured(cfg, work / "spin.yml")
+    spin_wall = time.perf_counter() - start
     spin_step = step_seconds(spin_out)
 
     pairs = dpo_pairs(spin_out, work / "pairs.jsonl")
+    # Stages 1-2 of the official pipeline: a separate generation script, then conversion
+    # (stage 3 is the dpo run below; it trains on SPIN's pairs so both arms see the same data).
+    generation_wall = timed(
+        [sys.executable, "-c", GENERATE_LIKE_OFFICIAL, str(model), str(work / "pairs.jsonl"),
+         str(work / "generated.jsonl"), "16", str(args.max_new_tokens)]
+    )
     dpo_out = work / "dpo"
     cfg = common(str(model), dpo_out, seed=0)
     cfg.update({"rl": "dpo", "rl_beta": 0.1, "micro_batch_size": args.micro_batch, "learning_rate": 1e-5})
     cfg["datasets"] = [{"path": str(work / "pairs.jsonl"), "type": "passthrough"}]
     cfg.pop("plugins", None)  # plain Axolotl DPO
+    start = time.perf_counter()
     dpo_rss = train_measured(cfg, work / "dpo.yml")
+    dpo_wall = time.perf_counter() - start
     dpo_step = step_seconds(dpo_out)
 
     print(f"model: Llama {args.hidden}×{args.layers}, {params / 1e6:.0f}M parameters (fp32), "
@@ -127,6 +177,13 @@ def main() -> None:
     print(f"| spin (no reference model) | {spin_step:.2f} | {spin_rss:.2f} |")
     print(f"| TRL DPOTrainer (live reference) | {dpo_step:.2f} | {dpo_rss:.2f} |")
     print(f"| ratio spin / dpo | {spin_step / dpo_step:.2f} | {spin_rss / dpo_rss:.2f} |")
+    pipeline = generation_wall + dpo_wall
+    print("\n| one whole iteration | wall time (s) |")
+    print("|---|---|")
+    print(f"| spin: one `axolotl train` (generate + score + train) | {spin_wall:.1f} |")
+    print(f"| official-style pipeline: generate script + DPO run | {pipeline:.1f} "
+          f"({generation_wall:.1f} + {dpo_wall:.1f}) |")
+    print(f"| ratio spin / pipeline | {spin_wall / pipeline:.2f} |")
 
 
 def _numel(shape) -> int:
