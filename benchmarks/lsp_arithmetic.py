@@ -55,6 +55,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stability import scalars  # the shared TensorBoard reader
+
 REPO = Path(__file__).resolve().parents[1]
 REWARD_MODULE = REPO / "example_configs" / "rewards" / "arithmetic.py"
 PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
@@ -271,17 +274,6 @@ def curve(out: Path, heldout: list[tuple[int, int]]) -> dict[int, float]:
     for checkpoint in out.glob("checkpoint-*"):
         points[int(checkpoint.name.split("-")[1])] = evaluate(checkpoint, heldout)
     return dict(sorted(points.items()))
-
-
-def scalars(out: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    for events in sorted(out.joinpath("runs").rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            return [(e.step, e.value) for e in acc.Scalars(tag)]
-    return []
 
 
 LSP_TAGS = [
