@@ -2,7 +2,8 @@
 # The benchmarks, side by side on this machine (CPU): prints the tables recorded in benchmarks/RESULTS.md.
 #   bash scripts/bench.sh          speed and memory: generation throughput, SPIN step vs TRL DPO,
 #                                  one whole iteration vs the official pipeline (~6 min)
-#   bash scripts/bench.sh --all    also the studies: spin vs spin_chi2 stability, LSP on arithmetic (~30 min)
+#   bash scripts/bench.sh --all    also the studies: spin vs spin_chi2 stability, LSP on arithmetic,
+#                                  weak-to-strong (self-play vs continued SFT) (~1 h 30 min)
 # Sets up .venv/axolotl-0.19 like the demo. Outputs go to outputs/bench/. No test asserts a time.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,4 +20,6 @@ if [[ "${1:-}" == "--all" ]]; then
   python benchmarks/stability.py --workdir outputs/bench/stability
   echo "=== LSP on the arithmetic toy task"
   OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/lsp_arithmetic.py --workdir outputs/bench/lsp_arithmetic
+  echo "=== weak-to-strong: spin / spin_chi2 vs continued SFT, weak and plateau SFT starts"
+  OMP_NUM_THREADS=1 python benchmarks/weak_to_strong.py --workdir outputs/bench/weak_to_strong --sft-steps 2400 --jobs 2
 fi
