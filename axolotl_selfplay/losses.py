@@ -1,6 +1,6 @@
 """Self-play losses as small pure tensor functions (no model, no trainer).
 
-SPIN family (`spin_loss`, `spin_chi2_loss`, `mix_reference`): every argument is
+SPIN family (`spin_loss`, `spin_chi2_loss`, `mix_reference`, `mean_over_candidates`): every argument is
 a float tensor of shape (P,) with one entry per (real, generated) pair; log-probs
 are per-sequence SUMS over response tokens. LSP (`lsp_advantages`,
 `lsp_policy_loss`, `k3_kl`) works on per-game reward grids and per-token
@@ -92,6 +92,20 @@ def spin_chi2_loss(
     penalties = coef * (alpha * real_rewards.pow(2) + (1 - alpha) * generated_rewards.pow(2))
     losses = -(real_rewards - generated_rewards) + penalties
     return losses, real_rewards.detach(), generated_rewards.detach(), penalties.detach()
+
+
+def mean_over_candidates(pair_losses: torch.Tensor, dropped: int, dropped_loss: float) -> torch.Tensor:
+    """Batch loss: the mean over every candidate pair, the `dropped` ones included.
+
+    A dropped pair (y' identical to y) has h = 0: its loss is the constant
+    ℓ(0) (`dropped_loss`: ln 2 for SPIN's logistic loss, 1 for hinge, 0 for χ²)
+    and its gradient is exactly zero. The official recipe trains on such pairs,
+    so they count in the mean: each kept pair weighs 1/B however many were
+    dropped. Averaging over the kept pairs only would scale the step by
+    B/kept, up to 50× once the model reproduces most answers (the SFT plateau).
+    """
+    total = pair_losses.numel() + dropped
+    return (pair_losses.sum() + dropped * dropped_loss) / max(total, 1)
 
 
 def mix_reference(lp_iterate: torch.Tensor, lp_base: torch.Tensor | None, kl_to_base: float) -> torch.Tensor:

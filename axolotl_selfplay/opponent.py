@@ -107,7 +107,9 @@ class OpponentStore:
         pool (history h: up to h pairs sharing one forward of the real response).
         mixture "uniform" (fictitious play): one usable opponent per example, drawn
         uniformly from its pool with `rng`. Identical and empty opponents are
-        skipped and counted.
+        skipped and counted. `slots` is the number of pairs the official recipe
+        would train on (every pool entry; one per example for "uniform"): the
+        batch loss is a mean over slots, the skipped ones at their constant loss.
         """
         pairs, candidates, identical, empty = [], 0, 0, 0
         for i in examples:
@@ -125,6 +127,7 @@ class OpponentStore:
             pairs.extend(Pair(i, opponent) for opponent in usable)
         counts = {
             "candidates": candidates,
+            "slots": len(examples) if mixture == "uniform" else candidates,
             "identical": identical,
             "empty": empty,
             "pairs": len(pairs),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from axolotl_selfplay.logprobs import IGNORE_INDEX, pad_sequences, sequence_logps
-from axolotl_selfplay.losses import mix_reference, spin_chi2_loss, spin_loss
+from axolotl_selfplay.losses import mean_over_candidates, mix_reference, spin_chi2_loss, spin_loss
 
 
 def _t(*values):
@@ -24,6 +24,20 @@ def test_spin_sigmoid_hand_value():
     assert losses.item() == pytest.approx(0.403186, abs=1e-6)
     assert real.item() == pytest.approx(0.5)
     assert generated.item() == pytest.approx(-0.2)
+
+
+def test_mean_over_candidates_counts_dropped_pairs():
+    """Kept pair losses 0.2 and 0.4, 2 dropped pairs at ℓ(0) = ln 2:
+    (0.2 + 0.4 + 2·0.693147) / 4 = 1.986294 / 4 = 0.496574; each kept pair's gradient
+    weight is 1/4 (not 1/2, the mean over kept pairs), as if the dropped pairs were trained
+    on with their zero gradient. Nothing dropped: the plain mean 0.3. All dropped: ln 2."""
+    kept = _t(0.2, 0.4).requires_grad_()
+    loss = mean_over_candidates(kept, dropped=2, dropped_loss=math.log(2))
+    assert loss.item() == pytest.approx(0.496574, abs=1e-6)
+    loss.backward()
+    assert torch.allclose(kept.grad, _t(0.25, 0.25))
+    assert mean_over_candidates(_t(0.2, 0.4), dropped=0, dropped_loss=math.log(2)).item() == pytest.approx(0.3)
+    assert mean_over_candidates(_t(), dropped=3, dropped_loss=math.log(2)).item() == pytest.approx(math.log(2))
 
 
 def test_spin_hinge_hand_value():

@@ -84,7 +84,16 @@ def test_pairs_skip_and_count_dropped_opponents():
     )
     pairs, counts = store.pairs([0, 1, 2])
     assert [p.example for p in pairs] == [0, 2]
-    assert counts == {"candidates": 3, "identical": 1, "empty": 0, "pairs": 2, "truncated": 1, "generated_tokens": 4, "age": 0}
+    assert counts == {
+        "candidates": 3,
+        "slots": 3,
+        "identical": 1,
+        "empty": 0,
+        "pairs": 2,
+        "truncated": 1,
+        "generated_tokens": 4,
+        "age": 0,
+    }
 
 
 def test_pair_batch_literal_tokens():
@@ -233,7 +242,7 @@ def test_uniform_mixture_draws_every_stored_iterate():
     drawn = Counter()
     for _ in range(1000):
         pairs, counts = store.pairs([0, 1, 2], "uniform", rng)
-        assert len(pairs) == 3 and counts["candidates"] == 9
+        assert len(pairs) == 3 and counts["candidates"] == 9 and counts["slots"] == 3  # one draw per example
         drawn.update(p.opponent.iteration for p in pairs)
     assert set(drawn) == {0, 1, 2}
     assert all(900 < n < 1100 for n in drawn.values()), drawn

@@ -23,11 +23,14 @@ Where this departs from the paper's released code (uclaml/SPIN):
   the same step (the real response's forward is shared) instead of
   concatenating h copies of the dataset; each pair's loss weight is the same.
 - y' identical to y, or empty, is dropped (zero gradient / no content) and
-  counted; the official code trains on them.
+  counted; the official code trains on them. Dropped pairs still count in the
+  batch mean at their constant loss, so the loss value and the gradient equal
+  the official ones for identical pairs (`losses.mean_over_candidates`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -39,7 +42,7 @@ from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples
 from ..generation import end_of_turn_ids
 from ..logprobs import sequence_logps
-from ..losses import mix_reference, spin_chi2_loss, spin_loss
+from ..losses import mean_over_candidates, mix_reference, spin_chi2_loss, spin_loss
 from ..opponent import OpponentStore
 from ..reference import StartingModel
 from ..vllm_backend import connect_vllm_server
@@ -142,10 +145,14 @@ class SelfPlayTrainer(AxolotlTrainer):
         ref_real = mix_reference(batch["ref_real_logps"], batch.get("base_real_logps"), sp.kl_to_base)
         ref_generated = mix_reference(batch["ref_generated_logps"], batch.get("base_generated_logps"), sp.kl_to_base)
         penalties = None
+        # Dropped pairs (y' identical to y, or empty) still count in the batch mean, at their
+        # constant loss ℓ(0) and zero gradient, as in the official recipe (see mean_over_candidates).
+        dropped = counts["slots"] - len(pairs)
+        dropped_loss = 0.0 if sp.type == "spin_chi2" else {"sigmoid": math.log(2), "hinge": 1.0}[sp.loss_type]
         if not pairs:
-            # Every opponent of this batch was dropped: a zero loss that still
+            # Every opponent of this batch was dropped: a constant loss that still
             # touches every parameter, so all ranks run the same backward.
-            loss = logps.sum() * 0.0
+            loss = logps.sum() * 0.0 + dropped_loss
             real_rewards = generated_rewards = logps.new_zeros(0)
             penalties = logps.new_zeros(0) if sp.type == "spin_chi2" else None
         elif sp.type == "spin_chi2":
@@ -159,12 +166,12 @@ class SelfPlayTrainer(AxolotlTrainer):
                 coef=sp.chi2_coef,
                 reward_clip=sp.reward_clip,
             )
-            loss = losses.mean()
+            loss = mean_over_candidates(losses, dropped, dropped_loss)
         else:
             losses, real_rewards, generated_rewards = spin_loss(
                 real_logps, generated_logps, ref_real, ref_generated, beta=sp.beta, loss_type=sp.loss_type
             )
-            loss = losses.mean()
+            loss = mean_over_candidates(losses, dropped, dropped_loss)
         self._store_pair_metrics(counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties)
         return (loss, outputs) if return_outputs else loss
 
