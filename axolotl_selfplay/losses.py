@@ -101,8 +101,10 @@ def mean_over_candidates(pair_losses: torch.Tensor, dropped: int, dropped_loss: 
     ℓ(0) (`dropped_loss`: ln 2 for SPIN's logistic loss, 1 for hinge, 0 for χ²)
     and its gradient is exactly zero. The official recipe trains on such pairs,
     so they count in the mean: each kept pair weighs 1/B however many were
-    dropped. Averaging over the kept pairs only would scale the step by
-    B/kept, up to 50× once the model reproduces most answers (the SFT plateau).
+    dropped. Averaging over the kept pairs only would give a pair the weight
+    1/kept instead: once the model reproduces most answers (the SFT plateau), a
+    pair in a batch with one kept pair would weigh as much as a whole batch of
+    them elsewhere (and with plain SGD the step would grow by B/kept).
     """
     total = pair_losses.numel() + dropped
     return (pair_losses.sum() + dropped * dropped_loss) / max(total, 1)
