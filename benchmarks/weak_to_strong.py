@@ -1,10 +1,10 @@
 """Weak-to-strong at toy scale: does self-play beat continued SFT, from a weak start and past the SFT plateau?
 
-    OMP_NUM_THREADS=1 python benchmarks/weak_to_strong.py --workdir outputs/weak_to_strong --jobs 2
+    OMP_NUM_THREADS=1 python benchmarks/weak_to_strong.py --workdir outputs/weak_to_strong --sft-steps 2400 --jobs 2
 
 The claim under test (SPIN, arXiv 2401.01335; χ², arXiv 2602.01357): starting
 from an SFT model, self-play on the SFT prompts and answers improves the model
-beyond what more SFT gives, in particular once more SFT epochs no longer help.
+beyond what more SFT gives, in particular once more SFT no longer helps.
 Everything below is a real `axolotl train` run of our trainers; nothing is
 downloaded.
 
@@ -17,12 +17,13 @@ set (reported).
 Per seed:
 1. θ0 run: a tiny Llama (hidden 128 × 4 layers, `build_tiny_model`) trained by
    plain Axolotl SFT on the training problems, a checkpoint every
-   `--sft-save-every` steps; every checkpoint is scored on the dev set and two
-   starts are picked:
+   `--sft-save-every` steps; every checkpoint is scored on the dev set. Starts:
    - weak: the first checkpoint with dev exact match ≥ `--weak-at`;
    - plateau: the first checkpoint after which no later checkpoint is better
-     on dev by more than `--plateau-tol` (the papers' regime: more SFT epochs no
-     longer help).
+     on dev by more than `--plateau-tol` (more SFT epochs at the θ0 lr no
+     longer help);
+   - converged: the plateau start after the plateau's continued-SFT arm (at the
+     arms' lr), where more SFT no longer helps at all: the papers' regime.
 2. From each start, arms with the same optimizer, lr and number of optimizer
    steps (K iterations × E epochs over the training problems):
    - `sft`: continued SFT (plain Axolotl SFT);
@@ -35,9 +36,10 @@ Per seed:
    self-play iteration the largest logged batch mean |reward| and the fraction
    of opponents identical to the real answer (TensorBoard).
 Prints markdown tables: mean ± sd over seeds, and the paired difference
-(same seed, same start) to continued SFT.
+(same seed, same start) to continued SFT. Results accumulate in
+`WORKDIR/results.json`; a rerun only runs what is missing.
 
-Needs the project venv (axolotl on PATH). About 40 minutes on 2 CPU cores with
+Needs the project venv (axolotl on PATH). About an hour on 2 CPU cores with
 `--jobs 2` (each job one thread).
 """
 
@@ -64,6 +66,11 @@ from stability import scalars  # the shared TensorBoard reader
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
 ITERATIONS = 3
+REGIMES = {
+    "weak": "θ0 stopped mid-way",
+    "plateau": "θ0 where more SFT epochs (at the θ0 lr) stopped improving dev exact match",
+    "converged": "the plateau start + the continued-SFT arm (lr --lr), after which more SFT no longer helps",
+}
 
 
 # -- task --------------------------------------------------------------------------
@@ -288,9 +295,9 @@ def run_arm(arm: str, start: Path, tokenizer: Path, out: Path, data: Path, seed:
         if rl is not None:
             row.update(tensorboard_iteration(out, t))
         run["iterations"].append(row)
-    for path in saved.values():
+    for path in list(saved.values())[: -1 if rl is None else None]:
         shutil.rmtree(path)  # ~5 MB each; the numbers are kept in results.json
-    return run
+    return run  # continued SFT keeps its last checkpoint: the next regime's start
 
 
 def tensorboard_iteration(out: Path, t: int) -> dict:
@@ -329,10 +336,12 @@ def report(results: dict, args) -> None:
         print(
             f"| {s} | {st['seconds']:.0f} | {st['weak']}, {curve[st['weak']]:.3f} | {st['plateau']}, {curve[st['plateau']]:.3f} |"
         )
-    for regime in ("weak", "plateau"):
-        runs = results["arms"][regime]
+    for regime, description in REGIMES.items():
+        runs = results["arms"].get(regime, {})
+        if not runs:
+            continue
         starts = results["start_eval"][regime]
-        print(f"\n### {regime} start\n")
+        print(f"\n### {regime} start: {description}\n")
         print(
             "held-out exact match per iteration (mean ± sd over seeds); paired diff = arm − continued SFT, same seed, after iteration 3\n"
         )
@@ -410,7 +419,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of every arm")
     parser.add_argument("--epochs-per-iteration", type=int, default=2, help="E (the paper: 2)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--regimes", nargs="+", default=["weak", "plateau"], choices=["weak", "plateau"])
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--starts-only", action="store_true", help="run the θ0 SFT and pick the starts, then stop")
     args = parser.parse_args()
 
@@ -430,19 +439,31 @@ def main() -> None:
     results_path = work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("starts", {})
-    results.setdefault("start_eval", {"weak": {}, "plateau": {}})
-    results.setdefault("arms", {"weak": {}, "plateau": {}})
+    for key in ("start_eval", "arms"):
+        for regime in REGIMES:
+            results.setdefault(key, {}).setdefault(regime, {})
     began = time.monotonic()
 
     def save():
         results_path.write_text(json.dumps(results, indent=1))
 
-    def arm_jobs(seed: str):
-        """Evaluate the seed's two starts, then the (regime, seed, arm) runs still missing."""
+    def out_dir(regime: str, seed: str, arm: str) -> Path:
+        return work / f"{regime}-{seed}-{arm.replace(' ', '_').replace('β', 'b')}"
+
+    def converged_start(seed: str) -> Path:
+        """The last checkpoint of continued SFT from the plateau start (lr `--lr`, flat by then)."""
+        sft = out_dir("plateau", seed, "sft")
+        return max(checkpoints(sft).items())[1] if sft.exists() and checkpoints(sft) else sft / "missing"
+
+    def arm_jobs(seed: str, regimes):
+        """Evaluate the seed's starts, then the (regime, seed, arm) runs still missing."""
         st = results["starts"][seed]
         tokenizer = Path(st["tokenizer"])
-        for regime in args.regimes:
-            start = work / f"theta0-{seed}" / f"checkpoint-{st[regime]}"
+        for regime in regimes:
+            if regime == "converged":
+                start = converged_start(seed)
+            else:
+                start = work / f"theta0-{seed}" / f"checkpoint-{st[regime]}"
             if seed not in results["start_eval"][regime]:
                 results["start_eval"][regime][seed] = {
                     f"{split}_{k}": v
@@ -450,9 +471,19 @@ def main() -> None:
                     for k, v in evaluate(start, tokenizer, problems[split]).items()
                 }
             for arm in args.arms:
-                if arm not in results["arms"][regime].get(seed, {}):
-                    out = work / f"{regime}-{seed}-{arm.replace(' ', '_').replace('β', 'b')}"
-                    yield (regime, seed, arm, start, tokenizer, out)
+                # The plateau's continued-SFT run is rerun when its last checkpoint (the converged start) is gone.
+                rerun = regime == "plateau" and arm == "sft" and "converged" in args.regimes and not start_exists(seed)
+                if rerun or arm not in results["arms"][regime].get(seed, {}):
+                    yield (regime, seed, arm, start, tokenizer, out_dir(regime, seed, arm))
+
+    def start_exists(seed: str) -> bool:
+        return (converged_start(seed) / "config.json").exists()
+
+    def first_regimes(seed: str):
+        """Regimes whose start exists now; `converged` waits for the plateau's continued SFT."""
+        if "converged" in args.regimes and not start_exists(seed):
+            return [r for r in args.regimes if r != "converged"]
+        return args.regimes
 
     def one(job):
         _, seed, arm, start, tokenizer, out = job
@@ -464,7 +495,7 @@ def main() -> None:
         for seed in map(str, args.seeds):
             if seed in results["starts"]:
                 if not args.starts_only:
-                    pending.update({pool.submit(one, job): ("arm", job) for job in arm_jobs(seed)})
+                    pending.update({pool.submit(one, job): ("arm", job) for job in arm_jobs(seed, first_regimes(seed))})
             else:
                 pending[pool.submit(sft_start, int(seed), work, data, dev, args)] = ("start", seed)
         while pending:
@@ -479,7 +510,9 @@ def main() -> None:
                         flush=True,
                     )
                     if not args.starts_only:
-                        pending.update({pool.submit(one, job): ("arm", job) for job in arm_jobs(what)})
+                        pending.update(
+                            {pool.submit(one, job): ("arm", job) for job in arm_jobs(what, first_regimes(what))}
+                        )
                 else:
                     regime, seed, arm, *_ = what
                     run = results["arms"][regime].setdefault(seed, {})[arm] = future.result()
@@ -489,6 +522,8 @@ def main() -> None:
                         f"{regime} seed {seed} {arm}: held-out EM {final['heldout_em']:.3f} ({run['seconds']:.0f}s)",
                         flush=True,
                     )
+                    if (regime, arm) == ("plateau", "sft") and "converged" in args.regimes:
+                        pending.update({pool.submit(one, job): ("arm", job) for job in arm_jobs(seed, ["converged"])})
     if args.starts_only:
         return
     report(results, args)

@@ -3,7 +3,7 @@
 #   bash scripts/bench.sh          speed and memory: generation throughput, SPIN step vs TRL DPO,
 #                                  one whole iteration vs the official pipeline (~6 min)
 #   bash scripts/bench.sh --all    also the studies: spin vs spin_chi2 stability, LSP on arithmetic,
-#                                  weak-to-strong (self-play vs continued SFT) (~1 h 30 min)
+#                                  weak-to-strong (self-play vs continued SFT) (~2 h)
 # Sets up .venv/axolotl-0.19 like the demo. Outputs go to outputs/bench/. No test asserts a time.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
