@@ -225,7 +225,7 @@ def checkpoints(out: Path) -> dict[int, Path]:
     return dict(sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")))
 
 
-# -- the θ0 run and the two starts -----------------------------------------------------
+# -- the θ0 run and its starts ---------------------------------------------------------
 
 
 def sft_start(seed: int, work: Path, data: Path, dev, args) -> dict:
