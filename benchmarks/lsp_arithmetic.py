@@ -134,34 +134,30 @@ def evaluate(model_dir: Path, heldout: list[tuple[int, int]], batch_size: int = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from axolotl_selfplay.generation import generate_responses
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
-    correct = 0
-    for start in range(0, len(heldout), batch_size):
-        batch = heldout[start : start + batch_size]
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": ARITH.question(a, b)}], tokenize=False, add_generation_prompt=True
-            )
-            for a, b in batch
-        ]
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        # Left padding by hand: the prompts differ in length and generation appends on the right.
-        width = max(len(x) for x in ids)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=6,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        correct += sum(text.strip() == str(a + b) for text, (a, b) in zip(texts, batch))
-    return correct / len(heldout)
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": ARITH.question(a, b)}], tokenize=False, add_generation_prompt=True
+        )
+        for a, b in heldout
+    ]
+    generated = generate_responses(
+        model,
+        [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids={tokenizer.eos_token_id},
+        max_new_tokens=6,
+        do_sample=False,
+        temperature=1.0,
+        top_p=1.0,
+        batch_size=batch_size,
+        seed=0,
+    )
+    answers = tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
+    return sum(text.strip() == str(a + b) for text, (a, b) in zip(answers, heldout)) / len(heldout)
 
 
 # -- axolotl runs -------------------------------------------------------------------

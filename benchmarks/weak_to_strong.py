@@ -114,40 +114,33 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, problems, batch_size: int = 2
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_selfplay.logprobs import pad_sequences, sequence_logps
+    from axolotl_selfplay.generation import generate_responses, score_responses
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
-    correct, logps = 0, []
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start : start + batch_size]
-        prompts = [
-            tokenizer(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": question(a, b)}], tokenize=False, add_generation_prompt=True
-                ),
-                add_special_tokens=False,
-            )["input_ids"]
-            for a, b in batch
-        ]
-        replies = [tokenizer(answer(a, b) + "<|im_end|>", add_special_tokens=False)["input_ids"] for a, b in batch]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=6,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-            correct += sum(text.strip() == answer(a, b) for text, (a, b) in zip(texts, batch))
-            padded = pad_sequences(prompts, replies, tokenizer.pad_token_id)
-            logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-            logps += sequence_logps(logits, padded["labels"]).tolist()
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question(a, b)}], tokenize=False, add_generation_prompt=True
+        )
+        for a, b in problems
+    ]
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    replies = [tokenizer(answer(a, b) + "<|im_end|>", add_special_tokens=False)["input_ids"] for a, b in problems]
+    generated = generate_responses(
+        model,
+        prompts,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids={tokenizer.eos_token_id},
+        max_new_tokens=6,
+        do_sample=False,
+        temperature=1.0,
+        top_p=1.0,
+        batch_size=batch_size,
+        seed=0,
+    )
+    texts = tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
+    correct = sum(text.strip() == answer(a, b) for text, (a, b) in zip(texts, problems))
+    logps = score_responses(model, prompts, replies, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
     return {"em": correct / len(problems), "logp": statistics.fmean(logps)}
 
 
