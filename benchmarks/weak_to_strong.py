@@ -415,6 +415,8 @@ def main() -> None:
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--starts-only", action="store_true", help="run the θ0 SFT and pick the starts, then stop")
     args = parser.parse_args()
+    if "converged" in args.regimes and not ("plateau" in args.regimes and "sft" in args.arms):
+        parser.error("--regimes converged starts from the plateau's continued-SFT arm: add `plateau` and arm `sft`")
 
     import torch
     import transformers
