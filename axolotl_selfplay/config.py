@@ -60,6 +60,25 @@ class SelfPlayGenerationConfig(BaseModel):
         le=1.0,
         description="Nucleus-sampling probability mass for y' (ignored when `do_sample: false`).",
     )
+    top_k: int = Field(
+        default=0,
+        ge=0,
+        description="Sample y' from the k most likely tokens only; 0 = off (the default: y' is a "
+        "sample of the policy itself). Never taken from the checkpoint's generation_config.json.",
+    )
+    min_p: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Drop tokens whose probability is below min_p × the most likely token's; "
+        "0 = off (the default).",
+    )
+    repetition_penalty: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Divide the logits of tokens already in the prompt or response by this "
+        "(HF / vLLM semantics); 1 = off (the default).",
+    )
     do_sample: bool = Field(
         default=True,
         description="Sample y' (true) or decode greedily (false; the official SPIN "
@@ -313,6 +332,14 @@ class SelfPlayConfig(BaseModel):
         "example is paired with each of its pooled responses, the newest included (the "
         "official SPIN recipe). `uniform`: fictitious play, each example's opponent is "
         "drawn uniformly from the pool at every step.",
+    )
+    disable_dropout: bool = Field(
+        default=True,
+        description="Switch off every dropout in the policy (LoRA's `lora_dropout`, attention and "
+        "hidden dropout of the model config) for the whole run, as TRL's preference trainers do: "
+        "the reference log-probs are computed without dropout, so a policy forward with dropout "
+        "would compare two different functions (the first loss of an iteration would not be ln 2) "
+        "and the rewards would carry dropout noise.",
     )
     generation: SelfPlayGenerationConfig = Field(
         default_factory=SelfPlayGenerationConfig,

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
-from .logprobs import pad_sequences, sequence_logps, token_logps
+from .logprobs import pad_sequences, token_logps
+from .sampling import SamplingSpec, neutral_generation_config
 
 
 def _length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -74,29 +75,33 @@ def generate_responses(
     model,
     prompts: list[list[int]],
     *,
+    spec: SamplingSpec,
     pad_token_id: int,
     eos_token_ids: set[int],
-    max_new_tokens: int,
-    do_sample: bool,
-    temperature: float,
-    top_p: float,
     batch_size: int,
     seed: int,
     show_progress: bool = False,
     synced_gpus: bool = False,
+    description: str = "self-play: sampling",
 ) -> list[tuple[list[int], bool]]:
     """Generate one response per prompt; returns [(tokens, truncated)] in prompt order.
 
-    synced_gpus: ZeRO-3 without gathered weights; every rank must then call this
-    with the same number of prompts (see `pad_for_lockstep`).
+    Sampling follows `spec` and nothing else: the model's own generation config is
+    neutralised for the call (see sampling.py). synced_gpus: ZeRO-3 without gathered
+    weights; every rank must then call this with the same number of prompts (see
+    `pad_for_lockstep`).
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
-    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    generation_config = spec.hf_generation_config(eos_token_ids, pad_token_id)
     try:
-        with seeded_rng(seed, device), _progress(len(prompts), "self-play: generating opponents", show_progress) as bar:
+        with (
+            seeded_rng(seed, device),
+            neutral_generation_config(model, generation_config),
+            _progress(len(prompts), description, show_progress) as bar,
+        ):
             for batch in _length_sorted_batches([len(p) for p in prompts], batch_size):
                 width = max(len(prompts[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
@@ -108,14 +113,8 @@ def generate_responses(
                 output = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    min_new_tokens=0,
-                    do_sample=do_sample,
-                    pad_token_id=pad_token_id,
-                    eos_token_id=sorted(eos_token_ids),
-                    use_cache=True,
+                    generation_config=generation_config,
                     synced_gpus=synced_gpus,
-                    **sampling,
                 )
                 for row, i in enumerate(batch):
                     results[i] = cut_at_eos(output[row, width:].tolist(), eos_token_ids)
@@ -123,6 +122,18 @@ def generate_responses(
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def sharded_generation(accelerator, gather_deepspeed3_params: bool) -> bool:
+    """Whether every generate/forward is a collective over sharded weights (ZeRO-3
+    with `ds3_gather_for_generation: false`): all ranks must then run the same
+    batches (`synced_gpus`, `pad_for_lockstep`)."""
+    ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return (
+        accelerator.num_processes > 1
+        and not gather_deepspeed3_params
+        and getattr(ds_plugin, "zero_stage", 0) == 3
+    )
 
 
 def pad_for_lockstep(items: list, filler, accelerator) -> list:
@@ -133,6 +144,29 @@ def pad_for_lockstep(items: list, filler, accelerator) -> list:
     """
     counts = accelerator.gather(torch.tensor([len(items)], device=accelerator.device))
     return items + [filler] * (int(counts.max()) - len(items))
+
+
+def _scored_batches(model, prompts, responses, *, pad_token_id, batch_size, description, show_progress):
+    """Yield (batch indices, per-token log-probs (n, T-1), label mask) for every
+    length-sorted batch of (prompt, response) pairs, in eval mode and float32."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    try:
+        with _progress(len(prompts), description, show_progress) as bar:
+            for batch in _length_sorted_batches(lengths, batch_size):
+                padded = pad_sequences([prompts[i] for i in batch], [responses[i] for i in batch], pad_token_id)
+                logits = model(
+                    input_ids=padded["input_ids"].to(device),
+                    attention_mask=padded["attention_mask"].to(device),
+                    use_cache=False,
+                ).logits
+                logps, mask = token_logps(logits, padded["labels"].to(device))
+                yield batch, logps, mask
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -146,27 +180,13 @@ def score_responses(
     show_progress: bool = False,
 ) -> list[float]:
     """lp(response | prompt) for each pair, summed over response tokens, float32."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     scores = [0.0] * len(prompts)
-    try:
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-        bar = _progress(len(prompts), "self-play: scoring (reference log-probs)", show_progress)
-        for batch in _length_sorted_batches(lengths, batch_size):
-            padded = pad_sequences([prompts[i] for i in batch], [responses[i] for i in batch], pad_token_id)
-            logits = model(
-                input_ids=padded["input_ids"].to(device),
-                attention_mask=padded["attention_mask"].to(device),
-                use_cache=False,
-            ).logits
-            logps = sequence_logps(logits, padded["labels"].to(device))
-            for row, i in enumerate(batch):
-                scores[i] = float(logps[row])
-            bar.update(len(batch))
-        bar.close()
-    finally:
-        model.train(was_training)
+    for batch, logps, _ in _scored_batches(
+        model, prompts, responses, pad_token_id=pad_token_id, batch_size=batch_size,
+        description="self-play: scoring (reference log-probs)", show_progress=show_progress,
+    ):
+        for row, total in zip(batch, logps.sum(-1).tolist()):
+            scores[row] = total
     return scores
 
 
@@ -180,22 +200,11 @@ def score_response_tokens(
     batch_size: int,
 ) -> list[torch.Tensor]:
     """Per-token lp(response_t | prompt, response_<t) for each pair: CPU float32 (len(response),)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     scores: list[torch.Tensor | None] = [None] * len(prompts)
-    try:
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-        for batch in _length_sorted_batches(lengths, batch_size):
-            padded = pad_sequences([prompts[i] for i in batch], [responses[i] for i in batch], pad_token_id)
-            logits = model(
-                input_ids=padded["input_ids"].to(device),
-                attention_mask=padded["attention_mask"].to(device),
-                use_cache=False,
-            ).logits
-            logps, mask = token_logps(logits, padded["labels"].to(device))
-            for row, i in enumerate(batch):
-                scores[i] = logps[row][mask[row]].cpu()
-    finally:
-        model.train(was_training)
+    for batch, logps, mask in _scored_batches(
+        model, prompts, responses, pad_token_id=pad_token_id, batch_size=batch_size,
+        description="", show_progress=False,
+    ):
+        for row, i in enumerate(batch):
+            scores[i] = logps[row][mask[row]].cpu()
     return scores  # type: ignore[return-value]

@@ -1,7 +1,8 @@
 """Self-play losses as small pure tensor functions (no model, no trainer).
 
-SPIN family (`spin_loss`, `spin_chi2_loss`, `mix_reference`, `mean_over_candidates`): every argument is
-a float tensor of shape (P,) with one entry per (real, generated) pair; log-probs
+SPIN family (`spin_loss`, `spin_chi2_loss`, `spin_chi2_identical_loss`, `spin_chi2_batch_loss`,
+`mix_reference`, `mean_over_candidates`): every argument is a float tensor of shape (P,) with one entry per
+(real, generated) pair (or (B,), one per real row, where said); log-probs
 are per-sequence SUMS over response tokens. LSP (`lsp_advantages`,
 `lsp_policy_loss`, `k3_kl`) works on per-game reward grids and per-token
 log-probs; each function states its shapes.
@@ -94,12 +95,53 @@ def spin_chi2_loss(
     return losses, real_rewards.detach(), generated_rewards.detach(), penalties.detach()
 
 
+def spin_chi2_identical_loss(
+    policy_real_logps: torch.Tensor,
+    ref_real_logps: torch.Tensor,
+    beta: float,
+    coef: float = 0.5,
+    reward_clip: float | None = None,
+) -> torch.Tensor:
+    """χ² loss of a pair whose y' is y, from the real row alone (no forward of y'), per row.
+
+    With y' = y, r⁻ = r⁺ = r = β·(lp_θ(y) − lp_ref(y)), so spin_chi2_loss becomes
+
+        −(r − r) + c·(α·r² + (1 − α)·r²) = c·r²
+
+    Unlike SPIN's margin, which is 0 for every θ on such a pair, this is not
+    constant: as soon as θ ≠ θ_t its gradient 2c·r·∇r pulls lp_θ(y) back toward
+    lp_ref(y). At an SFT plateau most pairs are identical, so dropping them would
+    drop most of the χ² regulariser. Shape (B,), like the inputs.
+    """
+    rewards = beta * (policy_real_logps - ref_real_logps)
+    if reward_clip is not None:
+        rewards = rewards.clamp(-reward_clip, reward_clip)
+    return coef * rewards.pow(2)
+
+
+def spin_chi2_batch_loss(
+    pair_losses: torch.Tensor,
+    identical_losses: torch.Tensor,
+    identical_counts: torch.Tensor,
+    slots: int,
+) -> torch.Tensor:
+    """χ² batch loss: the mean over every slot of the batch, identical pairs included.
+
+    pair_losses (P,): spin_chi2_loss of the pairs with a y' of their own;
+    identical_losses (B,): spin_chi2_identical_loss of each real row;
+    identical_counts (B,): how many of each example's slots hold a y' equal to y;
+    slots: P + Σ identical_counts (the official recipe trains on every slot).
+    """
+    total = pair_losses.sum() + (identical_counts.to(identical_losses.dtype) * identical_losses).sum()
+    return total / max(slots, 1)
+
+
 def mean_over_candidates(pair_losses: torch.Tensor, dropped: int, dropped_loss: float) -> torch.Tensor:
     """Batch loss: the mean over every candidate pair, the `dropped` ones included.
 
-    A dropped pair (y' identical to y) has h = 0: its loss is the constant
-    ℓ(0) (`dropped_loss`: ln 2 for SPIN's logistic loss, 1 for hinge, 0 for χ²)
-    and its gradient is exactly zero. The official recipe trains on such pairs,
+    A dropped pair (SPIN: y' identical to y) has h = 0: its loss is the constant
+    ℓ(0) (`dropped_loss`: ln 2 for SPIN's logistic loss, 1 for hinge) and its
+    gradient is exactly zero. (χ² keeps such pairs, see spin_chi2_identical_loss.) The official recipe trains on such pairs,
     so they count in the mean: each kept pair weighs 1/B however many were
     dropped. Averaging over the kept pairs only would give a pair the weight
     1/kept instead: once the model reproduces most answers (the SFT plateau), a

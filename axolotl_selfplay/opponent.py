@@ -21,8 +21,9 @@ import torch
 
 STATE_FILE = "selfplay_opponents.pt"
 
-# Why an opponent response is not used for training (it still appears in exports).
-USABLE, IDENTICAL, EMPTY = "ok", "identical", "empty"
+# USABLE: trained on. IDENTICAL: y' == y, whose SPIN margin is 0 for every θ (the
+# pair is skipped at its constant loss; the χ² loss keeps its real-side term).
+USABLE, IDENTICAL = "ok", "identical"
 
 
 @dataclass
@@ -30,20 +31,20 @@ class Opponent:
     """One generated response y' for one example."""
 
     iteration: int  # the iterate θ_t that generated it
-    tokens: list[int]  # y', ending with an EOS token unless truncated
-    truncated: bool  # hit max_new_tokens without EOS
-    status: str  # USABLE, IDENTICAL (y' == y: zero gradient) or EMPTY (no content)
-    ref_logp: float | None = None  # lp_θt(y'|x) under the current iterate; None = not scored (dropped)
+    tokens: list[int]  # y', ending with an end-of-turn token unless truncated
+    truncated: bool  # hit max_new_tokens without an end-of-turn token
+    status: str  # USABLE or IDENTICAL
+    ref_logp: float | None = None  # lp_θt(y'|x) under the current iterate; None = not scored (identical)
     base_logp: float | None = None  # lp_θ0(y'|x) under the starting model (only with kl_to_base > 0)
+    empty: bool = False  # y' only ends the turn: a genuine sample ("say nothing"), trained on like any other
 
 
-def classify(tokens: list[int], real: list[int], eos_token_ids: set[int]) -> str:
-    """USABLE, or why y' is dropped (ALGORITHMS.md §1 edge cases)."""
-    if not [t for t in tokens if t not in eos_token_ids]:
-        return EMPTY
-    if tokens == real:
-        return IDENTICAL
-    return USABLE
+def classify(tokens: list[int], real: list[int]) -> str:
+    return IDENTICAL if tokens == real else USABLE
+
+
+def is_empty(tokens: list[int], eos_token_ids: set[int]) -> bool:
+    return all(t in eos_token_ids for t in tokens)
 
 
 @dataclass
@@ -52,6 +53,21 @@ class Pair:
 
     example: int
     opponent: Opponent
+
+
+@dataclass
+class PairSelection:
+    """The training pairs of a batch of examples.
+
+    `slots` counts the pairs the objective averages over (every pooled opponent with
+    `latest`, one per example with `uniform`); `identical[b]` is how many of example
+    b's slots hold a y' identical to y (not in `pairs`).
+    """
+
+    pairs: list[Pair]
+    identical: list[int]
+    slots: int
+    counts: dict[str, float]
 
 
 class OpponentStore:
@@ -98,44 +114,33 @@ class OpponentStore:
         """Whether starting-model log-probs were stored (kl_to_base > 0)."""
         return any(lp is not None for lp in self.base_logp_real)
 
-    def pairs(
-        self, examples: list[int], mixture: str = "latest", rng: random.Random | None = None
-    ) -> tuple[list[Pair], dict[str, float]]:
+    def pairs(self, examples: list[int], mixture: str = "latest", rng: random.Random | None = None) -> PairSelection:
         """Training pairs for a batch of example indices, and counts for metrics.
 
-        mixture "latest": each example is paired with every usable opponent in its
-        pool (history h: up to h pairs sharing one forward of the real response).
-        mixture "uniform" (fictitious play): one usable opponent per example, drawn
-        uniformly from its pool with `rng`. Identical and empty opponents are
-        skipped and counted. `slots` is the number of pairs the official recipe
-        would train on (every pool entry; one per example for "uniform"): the
-        batch loss is a mean over slots, the skipped ones at their constant loss.
+        mixture "latest": each example is paired with every opponent in its pool
+        (history h: up to h pairs sharing one forward of the real response).
+        mixture "uniform" (fictitious play): one opponent per example, drawn
+        uniformly from its whole pool with `rng`. Opponents identical to y are not
+        paired but counted per example (`PairSelection.identical`).
         """
-        pairs, candidates, identical, empty = [], 0, 0, 0
+        pairs, identical, slots = [], [], 0
         for i in examples:
-            usable = []
-            for opponent in self.pool[i]:
-                candidates += 1
-                if opponent.status == IDENTICAL:
-                    identical += 1
-                elif opponent.status == EMPTY:
-                    empty += 1
-                else:
-                    usable.append(opponent)
-            if mixture == "uniform" and usable:
-                usable = [(rng or random).choice(usable)]
-            pairs.extend(Pair(i, opponent) for opponent in usable)
+            pool = self.pool[i]
+            if mixture == "uniform" and pool:
+                pool = [(rng or random).choice(pool)]
+            slots += len(pool)
+            identical.append(sum(o.status == IDENTICAL for o in pool))
+            pairs.extend(Pair(i, o) for o in pool if o.status == USABLE)
         counts = {
-            "candidates": candidates,
-            "slots": len(examples) if mixture == "uniform" else candidates,
-            "identical": identical,
-            "empty": empty,
+            "candidates": slots,
+            "identical": sum(identical),
+            "empty": sum(p.opponent.empty for p in pairs),
             "pairs": len(pairs),
             "truncated": sum(p.opponent.truncated for p in pairs),
             "generated_tokens": sum(len(p.opponent.tokens) for p in pairs),
             "age": sum(self.iteration - p.opponent.iteration for p in pairs),
         }
-        return pairs, counts
+        return PairSelection(pairs, identical, slots, counts)
 
     # -- persistence -----------------------------------------------------------
 
@@ -181,7 +186,8 @@ class OpponentStore:
         """Write this iteration's pairs as jsonl (atomically), one line per example.
 
         Keys: prompt, real, generated, ref_logp_real, ref_logp_generated (under θ_t),
-        truncated and status (ok / identical / empty) of the newest opponent, and
+        truncated, status (ok / identical) and empty (y' only ends the turn) of the
+        newest opponent, and
         with kl_to_base > 0 base_logp_real / base_logp_generated (under θ_0).
         """
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -199,6 +205,7 @@ class OpponentStore:
                     "ref_logp_generated": opponent.ref_logp,
                     "truncated": opponent.truncated,
                     "status": opponent.status,
+                    "empty": opponent.empty,
                 }
                 if self.has_base:
                     row["base_logp_real"] = self.base_logp_real[i]

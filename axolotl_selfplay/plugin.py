@@ -112,12 +112,5 @@ class SelfPlayPlugin(BasePlugin):
 
         return SelfPlayCollator, {}
 
-    def add_callbacks_post_trainer(self, cfg, trainer):
-        if not _selfplay_enabled(cfg) or cfg.selfplay.type == "lsp":
-            return []  # LSP generates inside its training step
-        from .callbacks import OpponentGenerationCallback
-
-        return [OpponentGenerationCallback(trainer)]
-
 
 __all__ = ["SELFPLAY_RL_TYPES", "SelfPlayPlugin"]

@@ -1,16 +1,18 @@
-"""The starting model θ_0, for `kl_to_base` (α-SPIN's reference mixture).
+"""The starting model θ_0: `kl_to_base` (α-SPIN's reference mixture) and LSP's reference.
 
-No second model is kept on the accelerator:
-- LoRA: θ_0 is the base model with the adapter disabled (free). If the run starts
-  from an existing adapter (`lora_model_dir`) that adapter is part of θ_0 but is
-  disabled here too; a warning says so.
-- Full fine-tuning: a CPU copy of the trainable weights (memory: one copy of the
-  trainable parameters in host RAM, e.g. ~14 GB for a 7B model in bf16). It is
-  taken at the first opponent refresh of a fresh run, when the policy still is
-  θ_0, or loaded from `base_model` when a run resumes. To score under θ_0 the
-  copy is swapped into the live parameters and swapped back afterwards, one
-  tensor at a time (under ZeRO-3 this happens inside the gathered-parameter
-  context of the generation pass).
+θ_0 is the model the run starts from: the base model, plus the adapter loaded
+from `lora_model_dir` when the run continues an existing LoRA ("KL toward where
+I started"). No second model is kept on the accelerator for SPIN:
+- LoRA trained from scratch: θ_0 is the policy with its adapter disabled (free).
+- LoRA from `lora_model_dir`: the loaded adapter's weights (small) are copied to
+  CPU when training starts — before a resumed run loads its checkpoint, so the
+  copy is θ_0 either way — and swapped into the adapter while scoring.
+- Full fine-tuning: a CPU copy of the trainable weights (host memory: one copy of
+  the trainable parameters, e.g. ~14 GB for a 7B model in bf16). It is taken at
+  the first opponent refresh of a fresh run, when the policy still is θ_0, inside
+  the gathered-parameter context under ZeRO-3, or loaded from `base_model` when a
+  run resumes. To score under θ_0 the copy is swapped into the live parameters
+  and swapped back afterwards, one tensor at a time.
 """
 
 from __future__ import annotations
@@ -20,42 +22,43 @@ from contextlib import contextmanager
 import torch
 
 from . import get_logger
+from .modeling import is_peft_model
 
 LOG = get_logger(__name__)
 
 
-def is_peft_model(model) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
-
-
 class StartingModel:
-    def __init__(self, axolotl_cfg):
+    def __init__(self, axolotl_cfg, policy=None):
+        """`policy`: the model as Axolotl loaded it, before any training step or
+        checkpoint load (needed for a `lora_model_dir` adapter's snapshot)."""
         self.cfg = axolotl_cfg
         self._weights: dict[str, torch.Tensor] | None = None
+        if policy is not None and self._swaps_adapter(policy):
+            self._weights = _trainable_copy(policy)
+
+    def _disables_adapter(self, model) -> bool:
+        # A fresh adapter is part of training, not of θ_0: switch it off.
+        return is_peft_model(model) and not self.cfg.get("lora_model_dir")
+
+    def _swaps_adapter(self, model) -> bool:
+        return is_peft_model(model) and bool(self.cfg.get("lora_model_dir"))
 
     def snapshot(self, model) -> None:
         """Copy θ_0's trainable weights to CPU; `model` must still hold θ_0."""
         if is_peft_model(model):
-            return
-        self._weights = {
-            name: param.detach().to("cpu", copy=True)
-            for name, param in model.named_parameters()
-            if param.requires_grad
-        }
+            return  # adapters: disabled, or snapshotted when the run started
+        self._weights = _trainable_copy(model)
 
     @contextmanager
     def active(self, model):
         """Within the block, `model` computes θ_0's log-probs."""
-        if is_peft_model(model):
-            if self.cfg.get("lora_model_dir"):
-                LOG.warning(
-                    "kl_to_base with `lora_model_dir`: the starting model is the base model "
-                    "WITHOUT your existing adapter"
-                )
+        if self._disables_adapter(model):
             with model.disable_adapter():
                 yield model
             return
         if self._weights is None:
+            if is_peft_model(model):
+                raise RuntimeError("the starting adapter of `lora_model_dir` was not snapshotted when training started")
             self._weights = self._load_from_base_model(model)
         self._swap(model)
         try:
@@ -71,7 +74,6 @@ class StartingModel:
                 live = param.data.to("cpu", copy=True)
                 param.data.copy_(stored.to(device=param.device, dtype=param.dtype))
                 self._weights[name] = live
-
     def _load_from_base_model(self, model) -> dict[str, torch.Tensor]:
         from transformers import AutoModelForCausalLM
 
@@ -98,10 +100,16 @@ class StartingModel:
         return weights
 
 
+def _trainable_copy(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
 class ReferenceModel:
     """π_ref = θ_0 for LSP, which needs it at every step (KL and the self-judge).
 
-    - LoRA: the policy with its adapter disabled (no extra memory).
+    - LoRA: the policy with its adapter disabled, or with the `lora_model_dir`
+      adapter's starting weights swapped in (`StartingModel`; no extra accelerator
+      memory either way).
     - Full fine-tuning: a frozen copy, made when training starts (the policy still
       is θ_0). Under ZeRO-3 the policy's weights are already sharded, so the copy
       is loaded from `base_model` instead; with DeepSpeed it is prepared the way
@@ -111,12 +119,9 @@ class ReferenceModel:
     def __init__(self, policy, accelerator, axolotl_cfg):
         self.accelerator = accelerator
         self.frozen = None
+        self.starting = None
         if is_peft_model(policy):
-            if axolotl_cfg.get("lora_model_dir"):
-                LOG.warning(
-                    "rl: lsp with `lora_model_dir`: the reference model is the base model WITHOUT "
-                    "your existing adapter"
-                )
+            self.starting = StartingModel(axolotl_cfg, policy)
             return
         from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -157,7 +162,7 @@ class ReferenceModel:
         if self.frozen is None:
             with unwrap_model_for_generation(
                 policy_wrapped, self.accelerator, gather_deepspeed3_params=gather_deepspeed3_params
-            ) as policy, policy.disable_adapter():
+            ) as policy, self.starting.active(policy):
                 yield policy
             return
         with unwrap_model_for_generation(

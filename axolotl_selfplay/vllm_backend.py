@@ -9,12 +9,17 @@ that the installed Axolotl ships (Axolotl 0.19's TRL-style server, Axolotl
 
 - Weights: before generating, the main process pushes the policy's weights to
   the server over TRL's NCCL weight-update group — once per iteration for SPIN
-  (the opponent θ_t is frozen during an iteration), before every step for LSP.
+  (the opponent θ_t is frozen during an iteration), once per optimizer step for
+  LSP (micro-steps of one accumulated step sample the same weights).
   With LoRA the adapter is merged for the push and unmerged after, and tensors
   are named as in the base model (TRL's scheme). Under ZeRO-3 the weights are
   gathered for the push (TRL's `unwrap_model_for_generation`).
 - Generation: every rank sends its own prompts (token ids); `n` samples per
-  prompt come back prompt-major. Sampling is seeded per request.
+  prompt come back prompt-major. Every sampling parameter of the `SamplingSpec`
+  is sent (the server would otherwise apply the checkpoint's
+  generation_config.json), with the end-of-turn tokens as `stop_token_ids` (the
+  server's EOS may not be the chat template's). Requests are seeded; equal prompts
+  are merged so that they get distinct samples (`generate`).
 - Scoring (log-probs under θ_t, θ_0), the LSP judge and the reward model stay
   on the training GPUs: only sampling moves to the server.
 """
@@ -28,6 +33,7 @@ import torch
 
 from . import get_logger
 from .generation import cut_at_eos
+from .sampling import SamplingSpec
 
 LOG = get_logger(__name__)
 
@@ -104,25 +110,55 @@ class VLLMServer:
         prompts: list[list[int]],
         *,
         n: int,
+        spec: SamplingSpec,
         eos_token_ids: set[int],
-        max_new_tokens: int,
-        do_sample: bool,
-        temperature: float,
-        top_p: float,
         seed: int,
     ) -> list[tuple[list[int], bool]]:
-        """`n` responses per prompt, prompt-major: [(tokens cut at the first EOS, truncated)]."""
-        if not prompts:
-            return []
-        output = self.client.generate(
-            prompts=prompts,
-            n=n,
-            temperature=temperature if do_sample else 0.0,
-            top_p=top_p if do_sample else 1.0,
-            max_tokens=max_new_tokens,
-            generation_kwargs={"seed": int(seed)},
-        )
-        return [cut_at_eos(list(ids), eos_token_ids) for ids in output["completion_ids"]]
+        """`n` samples per prompt, prompt-major: [(tokens cut at the first end-of-turn, truncated)].
+
+        vLLM seeds every prompt of a request with the request's seed (child k of
+        `n` with seed + k), so two equal prompts in one request would get the same
+        samples. Equal prompts are therefore merged into one prompt asking for all
+        their samples, and prompts are grouped by multiplicity (one request each).
+        """
+        results: list[list[tuple[list[int], bool]]] = [[] for _ in prompts]
+        for request, (prompt_keys, positions) in enumerate(group_equal_prompts(prompts)):
+            copies = len(positions[0])
+            output = self.client.generate(
+                prompts=[list(key) for key in prompt_keys],
+                n=copies * n,
+                generation_kwargs={
+                    "seed": (int(seed) + request * _REQUEST_SEED_STRIDE) % 2**31,
+                    "stop_token_ids": sorted(eos_token_ids),
+                },
+                **spec.vllm_request(),
+            )
+            samples = [cut_at_eos(list(ids), eos_token_ids) for ids in output["completion_ids"]]
+            for k, slots in enumerate(positions):
+                mine = samples[k * copies * n : (k + 1) * copies * n]
+                for copy, position in enumerate(slots):
+                    results[position] = mine[copy * n : (copy + 1) * n]
+        return [sample for per_prompt in results for sample in per_prompt]
+
+
+_REQUEST_SEED_STRIDE = 1_000_003  # requests' seed ranges (seed .. seed + n·copies) never overlap
+
+
+def group_equal_prompts(prompts: list[list[int]]) -> list[tuple[list[tuple[int, ...]], list[list[int]]]]:
+    """Merge equal prompts and group the distinct ones by how often they occur.
+
+    Returns one (distinct prompts, their positions in `prompts`) group per
+    multiplicity, in first-seen order; all prompts of a group occur equally often.
+    """
+    positions: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        positions.setdefault(tuple(prompt), []).append(i)
+    groups: dict[int, tuple[list, list]] = {}
+    for key, slots in positions.items():
+        keys, slot_lists = groups.setdefault(len(slots), ([], []))
+        keys.append(key)
+        slot_lists.append(slots)
+    return list(groups.values())
 
 
 def connect_vllm_server(trainer) -> VLLMServer | None:

@@ -41,6 +41,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+def with_attention_dropout(model_dir: Path, path: Path) -> Path:
+    """A copy of `model_dir` with attention dropout 0.5 in its config (as some checkpoints
+    ship): its train-mode forward differs from the eval-mode forward that scores the reference."""
+    shutil.copytree(model_dir, path, dirs_exist_ok=True)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def dropout_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    return with_attention_dropout(tiny_model_dir, tmp_path_factory.mktemp("dropout-model"))
+
+
 @pytest.fixture(scope="session")
 def arithmetic_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama warmed up on the arithmetic task's two roles: it writes

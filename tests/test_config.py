@@ -53,9 +53,11 @@ def test_rl_spin_becomes_selfplay_block_with_defaults(load):
     assert sp["type"] == "spin"
     assert (sp["iterations"], sp["epochs_per_iteration"], sp["beta"], sp["loss_type"], sp["history"]) == (3, 1, 0.1, "sigmoid", 1)
     assert sp["generation"] == {
-        "max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "do_sample": True, "batch_size": 16,
-        "ds3_gather_for_generation": True, "backend": "hf", "vllm_server_timeout": 240.0,
+        "max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+        "do_sample": True, "batch_size": 16, "ds3_gather_for_generation": True, "backend": "hf",
+        "vllm_server_timeout": 240.0,
     }
+    assert sp["disable_dropout"] is True
     assert cfg.num_epochs == 3  # K·E
 
 
@@ -113,6 +115,9 @@ def test_plain_dpo_config_is_untouched(load):
         ({"selfplay": {"kl_to_base": 1.5}}, "invalid `selfplay.kl_to_base`: Input should be less than or equal to 1"),
         ({"selfplay": {"opponent_mixture": "average"}}, "invalid `selfplay.opponent_mixture`: Input should be 'latest' or 'uniform'"),
         ({"selfplay": {"generation": {"backend": "vlm"}}}, "invalid `selfplay.generation.backend`: Input should be 'hf' or 'vllm'"),
+        ({"selfplay": {"generation": {"top_k": -1}}}, "invalid `selfplay.generation.top_k`: Input should be greater than or equal to 0"),
+        ({"selfplay": {"generation": {"min_p": 1.0}}}, "invalid `selfplay.generation.min_p`: Input should be less than 1"),
+        ({"selfplay": {"generation": {"repetition_penalty": 0}}}, "invalid `selfplay.generation.repetition_penalty`: Input should be greater than 0"),
     ],
 )
 def test_bad_input_errors_name_the_key(load, overrides, message):

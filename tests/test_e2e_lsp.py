@@ -13,6 +13,7 @@ from conftest import (
     read_jsonl,
     train_in_process,
     unchanged_parameters,
+    with_attention_dropout,
     with_reward_module,
 )
 
@@ -90,7 +91,9 @@ def test_lsp_zero_lora_trains_every_adapter_parameter(tmp_path, arithmetic_model
     # seed prompts: each game's Challenger prompt is built from one of these
     seeds = ("Write an addition problem.", "Write an addition problem!")
     (out / "seeds.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in seeds))
-    cfg = lsp_config(arithmetic_model_dir, out, datasets=[{"path": "seeds.jsonl", "field": "topic"}], **LORA)
+    # a model whose config carries attention dropout, and LoRA dropout: both switched off
+    model_dir = with_attention_dropout(arithmetic_model_dir, tmp_path / "dropout-model")
+    cfg = lsp_config(model_dir, out, datasets=[{"path": "seeds.jsonl", "field": "topic"}], **{**LORA, "lora_dropout": 0.5})
     cfg["selfplay"]["lsp"].update(
         {
             "self_reward": False,
@@ -108,7 +111,10 @@ def test_lsp_zero_lora_trains_every_adapter_parameter(tmp_path, arithmetic_model
     for name in METRICS:
         assert name in logs[0], name
     assert "lsp/self_reward" not in logs[0]  # LSP-Zero: no judge
-    assert logs[-1]["lsp/kl"] > 0  # the reference is the adapter-disabled base
+    # the reference is the adapter-disabled base: equal to the policy before the first update
+    # (dropout is off: with it on the policy forward would already differ), then not
+    assert logs[0]["lsp/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert logs[-1]["lsp/kl"] > 0
     assert (run.output_dir / "adapter_model.safetensors").exists()
     samples = read_jsonl(run.output_dir / "selfplay" / "lsp_samples.jsonl")
     assert samples and {row["seed"] for row in samples} <= set(seeds)

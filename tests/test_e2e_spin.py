@@ -84,11 +84,13 @@ def test_every_parameter_moved_full_finetune(full_ft_run, tiny_model_dir):
     assert not unchanged, f"parameters that did not move: {unchanged}"
 
 
-def test_lora_trains_every_adapter_parameter(tmp_path, tiny_model_dir):
+def test_lora_with_dropout_trains_every_adapter_parameter_from_ln2(tmp_path, dropout_model_dir):
+    """LoRA dropout and the model's attention dropout are switched off (`disable_dropout`,
+    default on): every iteration still starts at exactly ln 2."""
     cfg = base_config(
-        tiny_model_dir,
+        dropout_model_dir,
         tmp_path,
-        **LORA,
+        **{**LORA, "lora_dropout": 0.5},
         selfplay={"iterations": 2, "history": 2, "generation": {"max_new_tokens": 12, "batch_size": 32}},
     )
     report = tmp_path / "moved.json"

@@ -33,12 +33,13 @@ def _free_port() -> int:
 
 
 class StandIn:
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, eos: int | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, str(STANDIN / "server.py"), str(model_dir), str(self.port)],
+            [sys.executable, str(STANDIN / "server.py"), str(model_dir), str(self.port)]
+            + ([] if eos is None else ["--eos", str(eos)]),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -104,18 +105,21 @@ def test_spin_pushes_each_iterate_once_and_generates_on_the_server(tmp_path, tin
     assert log["pushes"][0]["checksum"] == pytest.approx(weights_checksum(tiny_model_dir / "model.safetensors"), rel=1e-6)
     after_iteration_0 = weights_checksum(run.output_dir / "checkpoint-4" / "model.safetensors")
     assert log["pushes"][1]["checksum"] == pytest.approx(after_iteration_0, rel=1e-6)
-    assert log["prompts"] == 2 * 64  # every prompt, once per iteration
+    # one sample per training prompt and iteration (equal prompts merged into one asking for more)
+    assert sum(r["prompts"] * r["n"] for r in log["requests"]) == 2 * 64
     # the opponents came from the server and the loss path is unchanged
     losses = dict(run.scalars("train/loss"))
     assert losses[1] == pytest.approx(math.log(2), abs=1e-4) and losses[5] == pytest.approx(math.log(2), abs=1e-4)
     assert len(read_jsonl(run.output_dir / "selfplay" / "iter_1.jsonl")) == 64
 
 
-def test_lsp_lora_pushes_merged_weights_every_step(tmp_path, arithmetic_model_dir):
-    server = StandIn(arithmetic_model_dir)
+def test_lsp_lora_pushes_merged_weights_once_per_step(tmp_path, arithmetic_model_dir):
+    """2 games per micro-step, 2 micro-steps per optimizer step, no seed data, and a server
+    whose own EOS is not the chat template's end of turn."""
+    server = StandIn(arithmetic_model_dir, eos=1)  # <|endoftext|>; turns end with <|im_end|>
     try:
         out = with_reward_module(tmp_path)
-        cfg = lsp_config(arithmetic_model_dir, out, **LORA)
+        cfg = lsp_config(arithmetic_model_dir, out, gradient_accumulation_steps=2, **LORA)
         cfg["selfplay"]["generation"].update({"backend": "vllm", "vllm_server_timeout": 60})
         cfg["selfplay"]["lsp"]["self_reward"] = False
         run = run_with_standin(cfg, out / "lsp.yml", server)
@@ -123,7 +127,7 @@ def test_lsp_lora_pushes_merged_weights_every_step(tmp_path, arithmetic_model_di
     finally:
         server.close()
     assert log["errors"] == []
-    assert len(log["pushes"]) == 3  # before every step
+    assert len(log["pushes"]) == 3  # once per optimizer step, not per micro-step
     names = parameter_names(arithmetic_model_dir)
     for push in log["pushes"]:
         # the adapter is merged: base-model names only, no lora_* / base_layer
@@ -131,10 +135,22 @@ def test_lsp_lora_pushes_merged_weights_every_step(tmp_path, arithmetic_model_di
     base = weights_checksum(arithmetic_model_dir / "model.safetensors")
     assert log["pushes"][0]["checksum"] == pytest.approx(base, rel=1e-6)  # B = 0 at the start: merged = base
     assert log["pushes"][-1]["checksum"] != pytest.approx(base, rel=1e-9)  # the trained adapter reached the server
-    # per step: one request for the 2 games' challengers (n = 4), one for 8 queries' solvers (n = 3)
-    assert log["generate_requests"] == 2 * 3 and log["prompts"] == 3 * (2 + 8)
+    # the 2 games' Challenger prompts are one prompt asking for 2 × 4 queries (vLLM would give
+    # equal prompts in one request equal samples), with every sampling parameter and the stop tokens
+    challengers = [r for r in log["requests"] if r["max_tokens"] == 16]
+    assert len(challengers) == 6 and all((r["prompts"], r["n"]) == (1, 8) for r in challengers)
+    for request in log["requests"]:
+        assert request["stop_token_ids"] == [2]  # <|im_end|>
+        assert (request["top_k"], request["min_p"], request["repetition_penalty"]) == (0, 0.0, 1.0)
     logs = run.logs()
     assert len(logs) == 3 and "lsp/solver_reward" in logs[0]
+    # queries end at <|im_end|> although the server's EOS is another token
+    assert all(row["lsp/degenerate_query_frac"] < 0.5 for row in logs), logs
+    # the two games of a micro-step are different games
+    samples = read_jsonl(run.output_dir / "selfplay" / "lsp_samples.jsonl")
+    for step in (1, 2, 3):
+        queries = [row["query"] for row in samples if row["step"] == step]
+        assert len(queries) == 8 and queries[:4] != queries[4:], queries
 
 
 def test_missing_server_is_one_clear_error(tmp_path, tiny_model_dir):

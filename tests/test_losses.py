@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from axolotl_selfplay.logprobs import IGNORE_INDEX, pad_sequences, sequence_logps
-from axolotl_selfplay.losses import mean_over_candidates, mix_reference, spin_chi2_loss, spin_loss
+from axolotl_selfplay.losses import (
+    mean_over_candidates,
+    mix_reference,
+    spin_chi2_batch_loss,
+    spin_chi2_identical_loss,
+    spin_chi2_loss,
+    spin_loss,
+)
 
 
 def _t(*values):
@@ -223,3 +230,32 @@ def test_reward_clip_bounds_rewards_and_stops_their_gradient():
     assert real.tolist() == pytest.approx([1.0, 0.3])
     losses.sum().backward()
     assert lp_real.grad[0].item() == 0.0 and lp_real.grad[1].item() != 0.0
+
+
+def test_spin_chi2_identical_pair_keeps_its_real_side_terms():
+    """y' = y: r⁻ = r⁺ = r, so −(r⁺ − r⁻) + c·(α·r⁺² + (1 − α)·r⁻²) = c·r² whatever α.
+    β = 0.1, lp_θ(y) = −10, lp_ref(y) = −12: r = 0.2; c = 0.5: 0.5·0.04 = 0.02 — the same as
+    spin_chi2_loss on the pair (y, y), and its gradient 2c·r·β = 0.02 is not zero (SPIN's is)."""
+    lp = _t(-10.0).requires_grad_()
+    loss = spin_chi2_identical_loss(lp, _t(-12.0), beta=0.1, coef=0.5)
+    assert loss.item() == pytest.approx(0.02, abs=1e-7)
+    as_pair, _, _, _ = spin_chi2_loss(lp, lp, _t(-12.0), _t(-12.0), beta=0.1, alpha=0.3, coef=0.5)
+    assert as_pair.item() == pytest.approx(loss.item(), abs=1e-7)
+    loss.backward()
+    assert lp.grad.item() == pytest.approx(0.02, abs=1e-7)
+    spin_losses, _, _ = spin_loss(_t(-10.0), _t(-10.0), _t(-12.0), _t(-12.0), beta=0.1)
+    assert spin_losses.item() == pytest.approx(math.log(2))  # SPIN: constant on such a pair
+    # clipped like the pair loss: r = 0.2 clamped to 0.1 -> 0.5·0.01, no gradient beyond the clip
+    clipped = spin_chi2_identical_loss(_t(-10.0), _t(-12.0), beta=0.1, coef=0.5, reward_clip=0.1)
+    assert clipped.item() == pytest.approx(0.005, abs=1e-7)
+
+
+def test_spin_chi2_batch_loss_averages_over_every_slot():
+    """2 pairs with losses 0.3 and −0.1; real rows with identical losses 0.02 and 0.5 held
+    in 1 and 0 identical slots: (0.3 − 0.1 + 1·0.02 + 0·0.5) / 3 = 0.22 / 3 = 0.073333."""
+    pairs = _t(0.3, -0.1)
+    identical_losses = _t(0.02, 0.5).requires_grad_()
+    loss = spin_chi2_batch_loss(pairs, identical_losses, torch.tensor([1, 0]), slots=3)
+    assert loss.item() == pytest.approx(0.073333, abs=1e-6)
+    loss.backward()
+    assert torch.allclose(identical_losses.grad, _t(1 / 3, 0.0))

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from axolotl_selfplay.callbacks import iteration_of_epoch
 from axolotl_selfplay.collator import INDEX_COLUMN, SelfPlayCollator, pair_batch
 from axolotl_selfplay.data import (
     NoAssistantTurnError,
@@ -14,13 +13,14 @@ from axolotl_selfplay.data import (
 )
 from axolotl_selfplay.generation import cut_at_eos
 from axolotl_selfplay.opponent import (
-    EMPTY,
     IDENTICAL,
     USABLE,
     Opponent,
     OpponentStore,
     classify,
+    is_empty,
 )
+from axolotl_selfplay.trainers.spin import iteration_of_epoch
 
 M = -100  # masked label
 EOS = 2
@@ -53,11 +53,10 @@ def test_build_examples_names_the_row():
 
 
 def test_classify_edge_cases():
-    eos = {EOS}
-    assert classify([7, 8, EOS], [7, 8, EOS], eos) == IDENTICAL
-    assert classify([EOS], [7, EOS], eos) == EMPTY
-    assert classify([], [7, EOS], eos) == EMPTY
-    assert classify([7, 9], [7, EOS], eos) == USABLE
+    assert classify([7, 8, EOS], [7, 8, EOS]) == IDENTICAL
+    # a y' that only ends the turn is a genuine sample of the policy: trained on, flagged empty
+    assert classify([EOS], [7, EOS]) == USABLE and is_empty([EOS], {EOS})
+    assert classify([7, 9], [7, EOS]) == USABLE and not is_empty([7, 9], {EOS})
 
 
 def test_cut_at_eos():
@@ -71,7 +70,7 @@ def _store(history=1):
     return OpponentStore(prompts=[[1, 10], [1, 11, 12], [1, 13]], reals=[[20, EOS], [21, 22, EOS], [23, EOS]], history=history)
 
 
-def test_pairs_skip_and_count_dropped_opponents():
+def test_pairs_skip_and_count_identical_opponents():
     store = _store()
     store.set_iteration(
         0,
@@ -82,11 +81,11 @@ def test_pairs_skip_and_count_dropped_opponents():
             [Opponent(0, [31, 32], True, USABLE, -5.0)],
         ],
     )
-    pairs, counts = store.pairs([0, 1, 2])
-    assert [p.example for p in pairs] == [0, 2]
-    assert counts == {
+    selection = store.pairs([0, 1, 2])
+    assert [p.example for p in selection.pairs] == [0, 2]
+    assert selection.identical == [0, 1, 0] and selection.slots == 3
+    assert selection.counts == {
         "candidates": 3,
-        "slots": 3,
         "identical": 1,
         "empty": 0,
         "pairs": 2,
@@ -104,7 +103,7 @@ def test_pair_batch_literal_tokens():
         [-1.0, -2.0, -3.0],
         [[Opponent(0, [30, EOS], False, USABLE, -4.0)], [], [Opponent(0, [31, 32, 33], True, USABLE, -5.0)]],
     )
-    pairs, _ = store.pairs([2, 0])
+    pairs = store.pairs([2, 0]).pairs
     batch = pair_batch(store, [2, 0], pairs, pad_token_id=0)
     assert batch["input_ids"].tolist() == [
         [1, 13, 23, EOS, 0],
@@ -120,8 +119,8 @@ def test_pair_batch_literal_tokens():
     ]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert batch["real_row"].tolist() == [0, 1]  # pair for example 2 -> real row 0, example 0 -> row 1
-    assert batch["ref_real_logps"].tolist() == [-3.0, -1.0]
-    assert batch["ref_generated_logps"].tolist() == [-5.0, -4.0]
+    assert batch["ref_real_logps"].tolist() == [-3.0, -1.0]  # per real row (examples 2, 0)
+    assert batch["ref_generated_logps"].tolist() == [-5.0, -4.0]  # per pair
 
 
 def test_history_keeps_last_h_iterations():
@@ -131,8 +130,8 @@ def test_history_keeps_last_h_iterations():
     assert store.retained(0, 1) == [o(0)]
     store.set_iteration(1, [0.0] * 3, [store.retained(i, 1) + [o(1)] for i in range(3)])
     assert [x.iteration for x in store.retained(0, 2)] == [1]  # iteration 0 ages out with h = 2
-    pairs, counts = store.pairs([0])
-    assert [p.opponent.iteration for p in pairs] == [0, 1] and counts["age"] == 1
+    selection = store.pairs([0])
+    assert [p.opponent.iteration for p in selection.pairs] == [0, 1] and selection.counts["age"] == 1
 
 
 def test_store_save_load_roundtrip(tmp_path):
@@ -140,7 +139,7 @@ def test_store_save_load_roundtrip(tmp_path):
     store.set_iteration(
         3,
         [-1.5, -2.5, math.inf * -1],
-        [[Opponent(2, [30], True, USABLE, -4.25), Opponent(3, [31, EOS], False, USABLE, -2.0)], [Opponent(3, [EOS], False, EMPTY)], []],
+        [[Opponent(2, [30], True, USABLE, -4.25), Opponent(3, [31, EOS], False, USABLE, -2.0)], [Opponent(3, [EOS], False, USABLE, -0.5, empty=True)], []],
     )
     store.save(str(tmp_path))
     loaded = _store(history=2)
@@ -162,13 +161,17 @@ def test_export_jsonl(tmp_path):
     import json
 
     store = _store()
-    store.set_iteration(0, [-1.0, -2.0, -3.0], [[Opponent(0, [30, EOS], False, USABLE, -4.0)], [Opponent(0, [EOS], False, EMPTY)], []])
+    store.set_iteration(
+        0,
+        [-1.0, -2.0, -3.0],
+        [[Opponent(0, [30, EOS], False, USABLE, -4.0)], [Opponent(0, [21, 22, EOS], False, IDENTICAL)], []],
+    )
     path = tmp_path / "selfplay" / "iter_0.jsonl"
     store.export_jsonl(str(path), lambda ids: " ".join(map(str, ids)))
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows[0] == {"prompt": "1 10", "real": "20 2", "generated": "30 2", "ref_logp_real": -1.0,
-                       "ref_logp_generated": -4.0, "truncated": False, "status": "ok"}
-    assert rows[1]["status"] == "empty" and len(rows) == 2
+                       "ref_logp_generated": -4.0, "truncated": False, "status": "ok", "empty": False}
+    assert rows[1]["status"] == "identical" and len(rows) == 2
     assert not (tmp_path / "selfplay" / "iter_0.jsonl.tmp").exists()
 
 
@@ -194,17 +197,19 @@ def test_generation_is_batch_invariant_and_seeded(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from axolotl_selfplay.generation import generate_responses, score_responses
+    from axolotl_selfplay.sampling import SamplingSpec
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     prompts = [[1, 40, 41, 42, 43, 44], [1, 45], [1, 46, 47, 48]]
-    kwargs = dict(pad_token_id=0, eos_token_ids={EOS}, max_new_tokens=6, temperature=1.0, top_p=1.0, seed=7)
-    batched = generate_responses(model, prompts, do_sample=False, batch_size=3, **kwargs)
-    single = [generate_responses(model, [p], do_sample=False, batch_size=1, **kwargs)[0] for p in prompts]
+    kwargs = dict(pad_token_id=0, eos_token_ids={EOS}, seed=7)
+    greedy, sampled = SamplingSpec.greedy(6), SamplingSpec(max_new_tokens=6)
+    batched = generate_responses(model, prompts, spec=greedy, batch_size=3, **kwargs)
+    single = [generate_responses(model, [p], spec=greedy, batch_size=1, **kwargs)[0] for p in prompts]
     assert batched == single
     state = torch.random.get_rng_state()
-    first = generate_responses(model, prompts, do_sample=True, batch_size=2, **kwargs)
+    first = generate_responses(model, prompts, spec=sampled, batch_size=2, **kwargs)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert generate_responses(model, prompts, do_sample=True, batch_size=2, **kwargs) == first
+    assert generate_responses(model, prompts, spec=sampled, batch_size=2, **kwargs) == first
     model.train()
     responses = [tokens for tokens, _ in batched]
     scores = score_responses(model, prompts, responses, pad_token_id=0, batch_size=2)
@@ -241,31 +246,41 @@ def test_uniform_mixture_draws_every_stored_iterate():
     rng = random.Random(0)
     drawn = Counter()
     for _ in range(1000):
-        pairs, counts = store.pairs([0, 1, 2], "uniform", rng)
-        assert len(pairs) == 3 and counts["candidates"] == 9 and counts["slots"] == 3  # one draw per example
-        drawn.update(p.opponent.iteration for p in pairs)
+        selection = store.pairs([0, 1, 2], "uniform", rng)
+        assert len(selection.pairs) == 3 and selection.slots == 3  # one draw per example
+        drawn.update(p.opponent.iteration for p in selection.pairs)
     assert set(drawn) == {0, 1, 2}
     assert all(900 < n < 1100 for n in drawn.values()), drawn
-    again = store.pairs([0, 1, 2], "uniform", random.Random(5))[0]
-    assert again == store.pairs([0, 1, 2], "uniform", random.Random(5))[0]  # seeded
-    latest, _ = store.pairs([0], "latest")
-    assert [p.opponent.iteration for p in latest] == [0, 1, 2]
+    again = store.pairs([0, 1, 2], "uniform", random.Random(5)).pairs
+    assert again == store.pairs([0, 1, 2], "uniform", random.Random(5)).pairs  # seeded
+    latest = store.pairs([0], "latest")
+    assert [p.opponent.iteration for p in latest.pairs] == [0, 1, 2] and latest.slots == 3
 
 
-def test_uniform_mixture_skips_dropped_opponents():
+def test_uniform_mixture_draws_from_the_whole_pool():
+    """Fictitious play draws uniformly from every pooled opponent, an identical one
+    included (an identical draw is a slot without a pair, not a redraw): drawing
+    only among the others would over-weight them against the uniform mixture."""
     import random
 
     store = _store(history=2)
-    store.set_iteration(1, [0.0] * 3, [[Opponent(0, [EOS], False, EMPTY), Opponent(1, [41, EOS], False, USABLE, -1.0)], [], []])
-    for seed in range(20):
-        pairs, counts = store.pairs([0], "uniform", random.Random(seed))
-        assert [p.opponent.iteration for p in pairs] == [1] and counts["empty"] == 1
+    store.set_iteration(
+        1,
+        [0.0] * 3,
+        [[Opponent(0, [20, EOS], False, IDENTICAL), Opponent(1, [41, EOS], False, USABLE, -1.0)], [], []],
+    )
+    drawn_identical = 0
+    for seed in range(200):
+        selection = store.pairs([0], "uniform", random.Random(seed))
+        assert selection.slots == 1 and len(selection.pairs) + selection.identical[0] == 1
+        drawn_identical += selection.identical[0]
+    assert 70 < drawn_identical < 130
 
 
 def test_base_logps_travel_with_the_batch_and_the_checkpoint(tmp_path):
     store = _store()
     store.set_iteration(0, [-1.0, -2.0, -3.0], [[Opponent(0, [30, EOS], False, USABLE, -4.0, -4.5)], [], []], [-1.5, -2.5, -3.5])
-    pairs, _ = store.pairs([0])
+    pairs = store.pairs([0]).pairs
     batch = pair_batch(store, [0], pairs, pad_token_id=0)
     assert batch["base_real_logps"].tolist() == [-1.5] and batch["base_generated_logps"].tolist() == [-4.5]
     store.save(str(tmp_path))
@@ -274,4 +289,4 @@ def test_base_logps_travel_with_the_batch_and_the_checkpoint(tmp_path):
     assert loaded.base_logp_real == [-1.5, -2.5, -3.5] and loaded.pool[0][0].base_logp == -4.5
     plain = _store()
     plain.set_iteration(0, [-1.0, -2.0, -3.0], [[Opponent(0, [30, EOS], False, USABLE, -4.0)], [], []])
-    assert "base_real_logps" not in pair_batch(plain, [0], plain.pairs([0])[0], pad_token_id=0)
+    assert "base_real_logps" not in pair_batch(plain, [0], plain.pairs([0]).pairs, pad_token_id=0)

@@ -10,10 +10,11 @@ One model plays two roles. Every row of a micro-batch is one game:
 5. One forward over [challenger rows; solver rows] and the token-level policy
    gradient with a k3 KL to θ_0: L = L_Sol + α_Ch·L_Ch (losses.lsp_policy_loss).
 
-Steps 1–4 run in `training_step` under no_grad (`_play`), before HF's own
-training step calls `compute_loss` on the prepared batch: generation never
-happens in `compute_loss`. With `generation.backend: vllm` steps 1–2 run on a
-vLLM server that receives the policy's weights before every step.
+Steps 1–4 are the rollout (rollouts/lsp.py, no grad), played in
+`training_step` before HF's own training step calls `compute_loss` on the
+prepared batch: generation never happens in `compute_loss`. With
+`generation.backend: vllm` steps 1–2 run on a vLLM server that receives the
+policy's weights once per optimizer step.
 
 Where this departs from (or fills gaps in) the paper, which has no public code:
 - One gradient step per rollout (on-policy, so the PPO ratio is 1 and no
@@ -27,6 +28,8 @@ Where this departs from (or fills gaps in) the paper, which has no public code:
   and is counted in `lsp/judge_parse_fail_frac`.
 - Defaults the paper does not state (N = 8, G = 4, β = 0.04, α_Ch = 1) are
   our choices, documented in the README.
+- Dropout is off for the whole run (`disable_dropout`): the ratio-1 on-policy
+  form and the KL assume the policy forward is the function that sampled.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ from axolotl.core.trainers.base import AxolotlTrainer
 
 from .. import get_logger
 from ..collator import INDEX_COLUMN
-from ..data import GAME_SEED_COLUMN, SEED_SLOT
-from ..generation import end_of_turn_ids, generate_responses, score_response_tokens
-from ..logprobs import pad_sequences, token_logps
-from ..losses import lsp_advantages, lsp_policy_loss
+from ..data import GAME_SEED_COLUMN
+from ..generation import end_of_turn_ids
+from ..logprobs import token_logps
+from ..losses import lsp_policy_loss
+from ..modeling import disable_dropout
 from ..reference import ReferenceModel
-from ..rewards import RewardModel, judge_request, load_reward_funcs, parse_judge_score, task_rewards
+from ..rewards import RewardModel, load_reward_funcs
+from ..rollouts.lsp import STATISTICS, LSPRollout
+from ..sampling import Sampler
 from ..vllm_backend import connect_vllm_server
 
 LOG = get_logger(__name__)
@@ -63,8 +69,6 @@ class LSPTrainer(AxolotlTrainer):
         tokenizer = self.processing_class
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = end_of_turn_ids(tokenizer, self.accelerator.unwrap_model(self.model))
-        self.reference = None
-        self.vllm_server = None
         self._micro_step = 0
         self._rollout_stats: torch.Tensor | None = None
         self._samples: list[dict] = []
@@ -79,222 +83,58 @@ class LSPTrainer(AxolotlTrainer):
         return self.axolotl_cfg.selfplay  # set by Axolotl after construction
 
     def train(self, *args, **kwargs):
-        lsp = self.selfplay_config.lsp
-        self.reward_funcs = load_reward_funcs(lsp.reward_funcs)
-        self.reward_weights = list(lsp.reward_weights) if lsp.reward_weights else [1.0] * (
-            len(lsp.reward_funcs) + (lsp.reward_model is not None)
-        )
-        self.reward_model = None
+        sp = self.selfplay_config
+        lsp = sp.lsp
+        if sp.disable_dropout:
+            disable_dropout(self.model)
+        reward_model = None
         if lsp.reward_model:
-            self.reward_model = RewardModel(
+            reward_model = RewardModel(
                 lsp.reward_model,
                 self.accelerator,
                 dtype=next(self.model.parameters()).dtype,
-                batch_size=self.selfplay_config.generation.batch_size,
+                batch_size=sp.generation.batch_size,
                 attn_implementation=getattr(self.model.config, "_attn_implementation", None),
             )
+        reference = None
         if lsp.self_reward or lsp.kl_beta > 0:
-            self.reference = ReferenceModel(self.model, self.accelerator, self.axolotl_cfg)
-        self.vllm_server = connect_vllm_server(self)
+            # θ_0: built before a resumed checkpoint is loaded, so it is the starting model
+            reference = ReferenceModel(self.model, self.accelerator, self.axolotl_cfg)
+        sampler = Sampler(
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            batch_size=sp.generation.batch_size,
+            server=connect_vllm_server(self),
+        )
+        self.rollout = LSPRollout(
+            tokenizer=self.processing_class,
+            sampler=sampler,
+            lsp=lsp,
+            generation=sp.generation,
+            accelerator=self.accelerator,
+            reference=reference,
+            reward_funcs=load_reward_funcs(lsp.reward_funcs),
+            reward_model=reward_model,
+            reward_weights=lsp.reward_weights or [1.0] * (len(lsp.reward_funcs) + (lsp.reward_model is not None)),
+        )
         self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps
         return super().train(*args, **kwargs)
 
     # -- rollouts (no grad) ------------------------------------------------------
 
     def training_step(self, model, inputs, *args, **kwargs):
-        rollout = self._play(inputs[INDEX_COLUMN].tolist())
-        return super().training_step(model, rollout, *args, **kwargs)
-
-    def _chat_prompt(self, text: str) -> list[int]:
-        tokenizer = self.processing_class
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.processing_class.decode(tokens, skip_special_tokens=True).strip()
-
-    def _generation_kwargs(self, lockstep: bool) -> dict:
-        gen = self.selfplay_config.generation
-        return {
-            "pad_token_id": self.pad_token_id,
-            "eos_token_ids": self.eos_token_ids,
-            "batch_size": gen.batch_size,
-            "synced_gpus": lockstep,
-        }
-
-    @torch.no_grad()
-    def _play(self, games: list[int]) -> dict[str, torch.Tensor]:
-        """Play one game per index: queries, answers, rewards, advantages, reference log-probs."""
-        from trl.models import unwrap_model_for_generation
-
-        sp = self.selfplay_config
-        lsp, gen = sp.lsp, sp.generation
-        n, g = lsp.num_queries, lsp.num_answers
-        accelerator = self.accelerator
-        ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-        # ZeRO-3 with sharded weights: every generate is a collective (same counts on all ranks).
-        lockstep = not gen.ds3_gather_for_generation and getattr(ds_plugin, "zero_stage", 0) == 3
-        common = self._generation_kwargs(lockstep)
+        games = inputs[INDEX_COLUMN].tolist()
         # Own RNG stream per (seed, micro-step, rank): reproducible, training RNG untouched.
-        seed = hash((self.args.seed, self._micro_step, accelerator.process_index)) % (2**31)
+        seed = hash((self.args.seed, self._micro_step, self.accelerator.process_index)) % (2**31)
         self._micro_step += 1
-
-        game_prompts = [
-            self._chat_prompt(lsp.challenger_prompt.replace(SEED_SLOT, self.game_seeds[game])) for game in games
-        ]
-        challenger_prompts = [prompt for prompt in game_prompts for _ in range(n)]
-        sampling = {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
-        with unwrap_model_for_generation(
-            self.model_wrapped,
-            accelerator,
-            gather_deepspeed3_params=gen.ds3_gather_for_generation or self.vllm_server is not None,
-        ) as policy:
-            if self.vllm_server is not None:
-                # The server samples both roles with this step's weights.
-                self.vllm_server.push_weights(policy)
-                queries = self.vllm_server.generate(
-                    game_prompts, n=n, eos_token_ids=self.eos_token_ids, max_new_tokens=lsp.max_query_tokens,
-                    seed=seed, **sampling,
-                )
-            else:
-                queries = generate_responses(
-                    policy, challenger_prompts, max_new_tokens=lsp.max_query_tokens, seed=seed, **sampling, **common
-                )
-            query_texts = [self._decode(tokens) for tokens, _ in queries]
-            valid = [not truncated and bool(text) for (_, truncated), text in zip(queries, query_texts)]
-            query_prompts = [self._chat_prompt(text) for text in query_texts]
-            solver_prompts = [prompt for prompt in query_prompts for _ in range(g)]
-            if self.vllm_server is not None:
-                answers = self.vllm_server.generate(
-                    query_prompts, n=g, eos_token_ids=self.eos_token_ids, max_new_tokens=gen.max_new_tokens,
-                    seed=seed + 1, **sampling,
-                )
-            else:
-                answers = generate_responses(
-                    policy, solver_prompts, max_new_tokens=gen.max_new_tokens, seed=seed + 1, **sampling, **common
-                )
-        answer_texts = [self._decode(tokens) for tokens, _ in answers]
-        answer_valid = [valid[i // g] for i in range(len(answers))]
-
-        # Reference model: the judge's verdicts and per-token log-probs for the KL.
-        scores: list[int | None] = [None] * len(answers)
-        ref_tokens = None
-        if self.reference is not None:
-            with self.reference.active(self.model_wrapped, gen.ds3_gather_for_generation) as reference:
-                if lsp.self_reward:
-                    judge_prompts = [
-                        self._chat_prompt(judge_request(lsp.judge_prompt, query_texts[i // g], answer))
-                        for i, answer in enumerate(answer_texts)
-                    ]
-                    verdicts = generate_responses(
-                        reference,
-                        judge_prompts,
-                        max_new_tokens=lsp.judge_max_new_tokens,
-                        do_sample=False,
-                        temperature=1.0,
-                        top_p=1.0,
-                        seed=seed + 2,
-                        **common,
-                    )
-                    scores = [parse_judge_score(self._decode(tokens), lsp.judge_max_score) for tokens, _ in verdicts]
-                if lsp.kl_beta > 0:
-                    ref_tokens = score_response_tokens(
-                        reference,
-                        challenger_prompts + solver_prompts,
-                        [t for t, _ in queries] + [t for t, _ in answers],
-                        pad_token_id=self.pad_token_id,
-                        batch_size=gen.batch_size,
-                    )
-
-        # Rewards of the answers to valid queries only.
-        rewarded = [i for i, ok in enumerate(answer_valid) if ok]
-        rewards = torch.tensor(
-            task_rewards(
-                self.reward_funcs,
-                self.reward_model,
-                self.reward_weights,
-                [query_texts[i // g] for i in range(len(answers))],
-                answer_texts,
-                answer_valid,
-            )
+        played = self.rollout(
+            self.model_wrapped, [self.game_seeds[game] for game in games], seed, weights_version=self.state.global_step
         )
-        quality = torch.tensor([float(s or 0) for s in scores]) * lsp.self_reward_weight
-        if not lsp.self_reward:
-            quality.zero_()
-        valid_t = torch.tensor(valid)
-
-        # Advantages, game by game.
-        solver_adv, challenger_adv, challenger_rewards, zero_std = [], [], [], 0
-        for k in range(len(games)):
-            r = rewards[k * n * g : (k + 1) * n * g].view(n, g)
-            q = quality[k * n * g : (k + 1) * n * g].view(n, g)
-            v = valid_t[k * n : (k + 1) * n]
-            a_sol, a_ch, c = lsp_advantages(r, q, v)
-            solver_adv.append(a_sol.flatten())
-            challenger_adv.append(a_ch)
-            challenger_rewards.append(c)
-            zero_std += int(((r + q)[v].std(dim=1, unbiased=False) == 0).sum())
-        solver_adv = torch.cat(solver_adv)
-        challenger_adv = torch.cat(challenger_adv)
-        challenger_rewards = torch.cat(challenger_rewards)
-
-        # The training batch: every challenger row, then the solver rows of valid queries.
-        rows = list(range(len(queries))) + [len(queries) + i for i in rewarded]
-        prompts = challenger_prompts + solver_prompts
-        responses = [t for t, _ in queries] + [t for t, _ in answers]
-        batch = pad_sequences([prompts[i] for i in rows], [responses[i] for i in rows], self.pad_token_id)
-        batch["advantages"] = torch.cat([challenger_adv, solver_adv[rewarded]])
-        batch["is_solver"] = torch.tensor([i >= len(queries) for i in rows])
-        if ref_tokens is not None:
-            ref = torch.zeros(batch["labels"].shape[0], batch["labels"].shape[1] - 1)
-            mask = batch["labels"][:, 1:] != -100
-            for row, i in enumerate(rows):
-                ref[row][mask[row]] = ref_tokens[i]
-            batch["ref_logps"] = ref
-
-        parsed = [s for s, ok in zip(scores, answer_valid) if ok]
-        n_valid = len(rewarded)
-        self._rollout_stats = torch.tensor(
-            [
-                len(queries),  # queries
-                n_valid,  # rewarded answers
-                float(rewards[rewarded].sum()),
-                float(challenger_rewards.sum()),
-                float(sum(s or 0 for s in parsed)) if lsp.self_reward else 0.0,
-                float(sum(s is None for s in parsed)) if lsp.self_reward else 0.0,
-                float(sum(len(t) for t, _ in queries)),
-                float(sum(len(answers[i][0]) for i in rewarded)),
-                float(sum(answers[i][1] for i in rewarded)),
-                float(zero_std),
-                float(sum(valid)),  # valid queries = solver groups
-                float(len(queries) - sum(valid)),
-                float(sum(len(set(query_texts[k * n : (k + 1) * n])) for k in range(len(games)))),
-            ],
-            dtype=torch.float64,
-        )
+        self_reward = self.selfplay_config.lsp.self_reward
+        self._rollout_stats = played.statistics(self_reward)
         if self.accelerator.is_main_process:
-            self._samples = [
-                {
-                    "seed": self.game_seeds[games[q // n]] or None,
-                    "query": query_texts[q],
-                    "degenerate": not valid[q],
-                    "challenger_reward": float(challenger_rewards[q]),
-                    "answers": [
-                        {
-                            "answer": answer_texts[i],
-                            "reward": float(rewards[i]),
-                            "self_reward": scores[i] if lsp.self_reward else None,
-                        }
-                        for i in range(q * g, (q + 1) * g)
-                    ]
-                    if valid[q]
-                    else [],
-                }
-                for q in range(min(len(queries), SAMPLES_PER_LOG))
-            ]
-        return batch
+            self._samples = played.samples(SAMPLES_PER_LOG, self_reward)
+        return super().training_step(model, played.training_batch(self.pad_token_id), *args, **kwargs)
 
     # -- loss ------------------------------------------------------------------
 
@@ -333,26 +173,26 @@ class LSPTrainer(AxolotlTrainer):
         sums = torch.cat([stats, extra]).to(self.accelerator.device)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        (queries, answers, reward, ch_reward, quality, parse_fail, q_len, a_len, a_trunc, zero_std, groups,
-         degenerate, distinct, solver_loss, challenger_loss, kl, rows_total) = sums.tolist()
+        total = dict(zip((*STATISTICS, "solver_loss", "challenger_loss", "kl", "rows"), sums.tolist()))
+        queries, answers = total["queries"], total["answers"]
         world = self.accelerator.num_processes
         lsp = self.selfplay_config.lsp
         metrics = {
-            "lsp/solver_reward": reward / max(answers, 1.0),
-            "lsp/challenger_reward": ch_reward / max(queries, 1.0),
-            "lsp/query_length": q_len / max(queries, 1.0),
-            "lsp/answer_length": a_len / max(answers, 1.0),
-            "lsp/answer_truncated_frac": a_trunc / max(answers, 1.0),
-            "lsp/zero_std_frac": zero_std / max(groups, 1.0),
-            "lsp/degenerate_query_frac": degenerate / max(queries, 1.0),
-            "lsp/distinct_query_frac": distinct / max(queries, 1.0),
-            "lsp/solver_loss": solver_loss / world,
-            "lsp/challenger_loss": challenger_loss / world,
+            "lsp/solver_reward": total["reward"] / max(answers, 1.0),
+            "lsp/challenger_reward": total["challenger_reward"] / max(queries, 1.0),
+            "lsp/query_length": total["query_tokens"] / max(queries, 1.0),
+            "lsp/answer_length": total["answer_tokens"] / max(answers, 1.0),
+            "lsp/answer_truncated_frac": total["answers_truncated"] / max(answers, 1.0),
+            "lsp/zero_std_frac": total["zero_std"] / max(total["groups"], 1.0),
+            "lsp/degenerate_query_frac": total["degenerate"] / max(queries, 1.0),
+            "lsp/distinct_query_frac": total["distinct"] / max(queries, 1.0),
+            "lsp/solver_loss": total["solver_loss"] / world,
+            "lsp/challenger_loss": total["challenger_loss"] / world,
         }
         if lsp.self_reward:
-            metrics["lsp/self_reward"] = quality / max(answers, 1.0)
-            metrics["lsp/judge_parse_fail_frac"] = parse_fail / max(answers, 1.0)
-            if answers and parse_fail == answers and not self._warned_judge:
+            metrics["lsp/self_reward"] = total["quality"] / max(answers, 1.0)
+            metrics["lsp/judge_parse_fail_frac"] = total["parse_fail"] / max(answers, 1.0)
+            if answers and total["parse_fail"] == answers and not self._warned_judge:
                 # LSP then silently runs as LSP-Zero at the cost of N·G judge generations.
                 LOG.warning(
                     "rl: lsp: none of the judge's %d replies contained a valid `Score: <0-%d>`, so the "
@@ -363,7 +203,7 @@ class LSPTrainer(AxolotlTrainer):
                 )
                 self._warned_judge = True
         if lsp.kl_beta > 0:
-            metrics["lsp/kl"] = kl / max(rows_total, 1.0)
+            metrics["lsp/kl"] = total["kl"] / max(total["rows"], 1.0)
         self.store_metrics(metrics)
 
     def log(self, logs, *args, **kwargs):

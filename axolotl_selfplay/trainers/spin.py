@@ -4,9 +4,9 @@ Flow, top to bottom:
 1. `__init__`: split every tokenized training row into prompt x and real
    response y (data.py), keep them in an OpponentStore, and give each row an
    index column the collator passes through.
-2. At the first epoch of each iteration the OpponentGenerationCallback makes the
-   current policy θ_t the opponent: it generates y', scores lp_θt(y|x) and
-   lp_θt(y'|x), and installs them in the store (callbacks.py).
+2. `begin_iteration` (at the first epoch of each iteration): the current policy
+   θ_t becomes the opponent. The rollout (rollouts/spin.py) samples y', scores
+   lp_θt(y|x) and lp_θt(y'|x), and the result is installed in the store.
 3. `compute_loss`: joins the batch's examples with their opponents (all pooled
    ones, or one drawn uniformly for fictitious play), runs ONE forward over
    [real; generated], mixes the reference toward θ_0 when `kl_to_base` > 0, and
@@ -22,10 +22,13 @@ Where this departs from the paper's released code (uclaml/SPIN):
 - `history: h` pairs every example with its y' from the last h iterations in
   the same step (the real response's forward is shared) instead of
   concatenating h copies of the dataset; each pair's loss weight is the same.
-- y' identical to y, or empty, is dropped (zero gradient / no content) and
-  counted; the official code trains on them. Dropped pairs still count in the
-  batch mean at their constant loss, so the loss value and the gradient equal
-  the official ones for identical pairs (`losses.mean_over_candidates`).
+- SPIN skips the forward of a y' identical to y (its margin is 0 for every θ)
+  but counts the pair in the batch mean at its constant loss, so the loss value
+  and the gradient equal the official ones (`losses.mean_over_candidates`). The
+  χ² loss of such a pair is not constant: it is computed from the real row
+  (`losses.spin_chi2_identical_loss`).
+- Dropout is off for the whole run (`disable_dropout`, as TRL's DPO): the
+  reference log-probs are computed without it.
 """
 
 from __future__ import annotations
@@ -36,15 +39,26 @@ import random
 
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
+from transformers import TrainerCallback
 
 from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples
 from ..generation import end_of_turn_ids
 from ..logprobs import sequence_logps
-from ..losses import mean_over_candidates, mix_reference, spin_chi2_loss, spin_loss
+from ..losses import (
+    mean_over_candidates,
+    mix_reference,
+    spin_chi2_batch_loss,
+    spin_chi2_identical_loss,
+    spin_chi2_loss,
+    spin_loss,
+)
+from ..modeling import disable_dropout
 from ..opponent import OpponentStore
 from ..reference import StartingModel
+from ..rollouts.spin import OpponentRollout
+from ..sampling import Sampler, SamplingSpec
 from ..vllm_backend import connect_vllm_server
 
 LOG = get_logger(__name__)
@@ -67,6 +81,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         tokenizer = self.processing_class
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = self._eos_token_ids()
+        self.add_callback(_IterationBoundary(self))
 
     @classmethod
     def requires_all_columns(cls, cfg) -> bool:  # Axolotl >= 0.21 asks before building args
@@ -89,12 +104,32 @@ class SelfPlayTrainer(AxolotlTrainer):
             )
         return ids
 
-    # -- resume ----------------------------------------------------------------
+    # -- set-up and resume -------------------------------------------------------
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        self.opponents.history = self.selfplay_config.history
-        self.starting_model = StartingModel(self.axolotl_cfg)  # θ_0, used with kl_to_base
-        self.vllm_server = connect_vllm_server(self)
+        sp = self.selfplay_config
+        if sp.disable_dropout:
+            disable_dropout(self.model)
+        self.opponents.history = sp.history
+        # θ_0, used with kl_to_base; built before a resumed checkpoint is loaded
+        self.starting_model = StartingModel(self.axolotl_cfg, self.model)
+        sampler = Sampler(
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            batch_size=sp.generation.batch_size,
+            server=connect_vllm_server(self),
+        )
+        self.opponent_rollout = OpponentRollout(
+            self.opponents,
+            sampler,
+            SamplingSpec.from_config(sp.generation),
+            self.accelerator,
+            self.starting_model,
+            kl_to_base=sp.kl_to_base,
+            batch_size=sp.generation.batch_size,
+            gather_deepspeed3_params=sp.generation.ds3_gather_for_generation,
+            seed=self.args.seed,
+        )
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint
@@ -119,6 +154,20 @@ class SelfPlayTrainer(AxolotlTrainer):
             folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             self.opponents.save(os.path.join(self._get_output_dir(trial=trial), folder))
 
+    # -- iterations ----------------------------------------------------------------
+
+    def begin_iteration(self, iteration: int) -> None:
+        """Make the current policy θ_t the opponent: sample and score y' on every rank,
+        install the result in the store, export the pairs."""
+        at_start = self.state.global_step == 0 and self.opponents.iteration == -1
+        result = self.opponent_rollout(self.model_wrapped, iteration, at_start)
+        self.opponents.set_iteration(result.iteration, result.ref_logp_real, result.pools, result.base_logp_real)
+        if self.accelerator.is_main_process:
+            path = os.path.join(self.args.output_dir, "selfplay", f"iter_{iteration}.jsonl")
+            tokenizer = self.processing_class
+            self.opponents.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+        self.log_refresh_summary()
+
     # -- loss ------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -131,7 +180,8 @@ class SelfPlayTrainer(AxolotlTrainer):
         # Fictitious play draws opponents with an RNG keyed by (seed, step, batch),
         # so a resumed run draws the same ones.
         rng = random.Random(hash((self.args.seed, self.state.global_step, tuple(examples))))
-        pairs, counts = self.opponents.pairs(examples, sp.opponent_mixture, rng)
+        selection = self.opponents.pairs(examples, sp.opponent_mixture, rng)
+        pairs = selection.pairs
         batch = pair_batch(self.opponents, examples, pairs, self.pad_token_id)
         device = self.accelerator.device
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -140,39 +190,42 @@ class SelfPlayTrainer(AxolotlTrainer):
 
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         logps = sequence_logps(outputs.logits, batch["labels"])
-        real_logps = logps[batch["real_row"]]
+        all_real_logps = logps[: len(examples)]  # (B,): one per example
+        ref_real = mix_reference(batch["ref_real_logps"], batch.get("base_real_logps"), sp.kl_to_base)  # (B,)
+        real_logps = all_real_logps[batch["real_row"]]  # (P,): the real side of each pair
         generated_logps = logps[len(examples) :]
-        ref_real = mix_reference(batch["ref_real_logps"], batch.get("base_real_logps"), sp.kl_to_base)
         ref_generated = mix_reference(batch["ref_generated_logps"], batch.get("base_generated_logps"), sp.kl_to_base)
         penalties = None
-        # Dropped pairs (y' identical to y, or empty) still count in the batch mean, at their
-        # constant loss ℓ(0) and zero gradient, as in the official recipe (see mean_over_candidates).
-        dropped = counts["slots"] - len(pairs)
-        dropped_loss = 0.0 if sp.type == "spin_chi2" else {"sigmoid": math.log(2), "hinge": 1.0}[sp.loss_type]
-        if not pairs:
-            # Every opponent of this batch was dropped: a constant loss that still
-            # touches every parameter, so all ranks run the same backward.
-            loss = logps.sum() * 0.0 + dropped_loss
-            real_rewards = generated_rewards = logps.new_zeros(0)
-            penalties = logps.new_zeros(0) if sp.type == "spin_chi2" else None
-        elif sp.type == "spin_chi2":
+        if sp.type == "spin_chi2":
             losses, real_rewards, generated_rewards, penalties = spin_chi2_loss(
                 real_logps,
                 generated_logps,
-                ref_real,
+                ref_real[batch["real_row"]],
                 ref_generated,
                 beta=sp.beta,
                 alpha=sp.chi2_alpha,
                 coef=sp.chi2_coef,
                 reward_clip=sp.reward_clip,
             )
-            loss = mean_over_candidates(losses, dropped, dropped_loss)
+            # y' = y: the pair's loss c·(r⁺)², from its real row, once per identical slot
+            identical_losses = spin_chi2_identical_loss(
+                all_real_logps, ref_real, beta=sp.beta, coef=sp.chi2_coef, reward_clip=sp.reward_clip
+            )
+            identical = torch.tensor(selection.identical, device=device)
+            loss = spin_chi2_batch_loss(losses, identical_losses, identical, selection.slots)
         else:
             losses, real_rewards, generated_rewards = spin_loss(
-                real_logps, generated_logps, ref_real, ref_generated, beta=sp.beta, loss_type=sp.loss_type
+                real_logps, generated_logps, ref_real[batch["real_row"]], ref_generated, beta=sp.beta, loss_type=sp.loss_type
             )
-            loss = mean_over_candidates(losses, dropped, dropped_loss)
-        self._store_pair_metrics(counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties)
+            # Identical pairs still count in the batch mean, at their constant loss ℓ(0) and
+            # zero gradient, as in the official recipe (see mean_over_candidates).
+            constant = {"sigmoid": math.log(2), "hinge": 1.0}[sp.loss_type]
+            loss = mean_over_candidates(losses, selection.slots - len(pairs), constant)
+        if not pairs:
+            # Every opponent of this batch is identical to its y: keep every parameter in
+            # the graph (a zero-gradient term), so all ranks run the same backward.
+            loss = loss + logps.sum() * 0.0
+        self._store_pair_metrics(selection.counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties)
         return (loss, outputs) if return_outputs else loss
 
     # -- metrics ---------------------------------------------------------------
@@ -215,7 +268,7 @@ class SelfPlayTrainer(AxolotlTrainer):
             "opponent/length": tokens / per_pair,
             "opponent/truncated_frac": truncated / per_pair,
             "opponent/identical_frac": identical / max(candidates, 1.0),
-            "opponent/empty_frac": empty / max(candidates, 1.0),
+            "opponent/empty_frac": empty / per_pair,
             "opponent/age": age / per_pair,
             "selfplay/iteration": float(self.opponents.iteration),
         }
@@ -234,5 +287,27 @@ class SelfPlayTrainer(AxolotlTrainer):
             sum(len(o.tokens) for o in pool) / n,
             100 * sum(o.truncated for o in pool) / n,
             100 * sum(o.status == "identical" for o in pool) / n,
-            100 * sum(o.status == "empty" for o in pool) / n,
+            100 * sum(o.empty for o in pool) / n,
         )
+
+
+class _IterationBoundary(TrainerCallback):
+    """Starts iteration t at the first epoch of its E epochs (epochs are grouped E
+    per iteration). On resume the store of the checkpoint already holds the current
+    iteration, so nothing is regenerated (that would make the half-trained model
+    the opponent)."""
+
+    def __init__(self, trainer: SelfPlayTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        sp = self.trainer.selfplay_config
+        iteration = iteration_of_epoch(state.epoch or 0.0, sp.epochs_per_iteration)
+        if iteration < sp.iterations and self.trainer.opponents.iteration != iteration:
+            self.trainer.begin_iteration(iteration)
+
+
+def iteration_of_epoch(epoch: float, epochs_per_iteration: int) -> int:
+    # state.epoch is a float (1.5 when resuming mid-epoch); the tiny offset
+    # absorbs float error in values like 2.9999999.
+    return int(math.floor(epoch + 1e-6)) // epochs_per_iteration

@@ -49,7 +49,8 @@ def report_params(path):
 
 
 def probe_attention(path):
-    from axolotl_selfplay import callbacks
+    from axolotl_selfplay import generation, rewards
+    from axolotl_selfplay.rollouts import lsp, spin
 
     seen = []
 
@@ -62,12 +63,10 @@ def probe_attention(path):
 
         return wrapper
 
-    callbacks.generate_responses = probe(callbacks.generate_responses)
-    callbacks.score_responses = probe(callbacks.score_responses)
-    # rl: lsp: policy and judge generations, reference scoring, the reward model
-    from axolotl_selfplay import rewards
-    from axolotl_selfplay.trainers import lsp
-
+    # the Sampler imports generate_responses when it samples; the rollouts bind their scorers
+    generation.generate_responses = probe(generation.generate_responses)
+    spin.score_responses = probe(spin.score_responses)
+    # rl: lsp: the judge's generations, reference scoring, the reward model
     lsp.generate_responses = probe(lsp.generate_responses)
     lsp.score_response_tokens = probe(lsp.score_response_tokens)
     score = rewards.RewardModel.__call__

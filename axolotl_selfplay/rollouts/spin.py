@@ -1,0 +1,178 @@
+"""SPIN's rollout: at the start of iteration t the current policy θ_t becomes the opponent.
+
+`OpponentRollout(model, iteration)`:
+1. samples y' for every training prompt with θ_t (each rank its round-robin shard
+   of the prompts), through the `Sampler` (`hf`: the training model; `vllm`: the
+   server, which first receives θ_t's weights),
+2. scores lp_θt(y|x) and lp_θt(y'|x) in the same no-grad pass, the older
+   opponents kept by `history` included, so no reference model is ever held,
+3. with `kl_to_base` > 0 also scores the real and the new responses under θ_0,
+4. gathers every rank's shard, so each rank returns the same `IterationOpponents`.
+
+The trainer installs the result in its OpponentStore (trainers/spin.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import get_logger
+from ..generation import pad_for_lockstep, score_responses, sharded_generation
+from ..modeling import is_peft_model
+from ..opponent import USABLE, Opponent, OpponentStore, classify, is_empty
+from ..reference import StartingModel
+from ..sampling import Sampler, SamplingSpec
+
+LOG = get_logger(__name__)
+
+
+@dataclass
+class IterationOpponents:
+    """One iteration's opponents and reference log-probs for every example."""
+
+    iteration: int
+    ref_logp_real: list[float]  # lp_θt(y|x)
+    base_logp_real: list[float | None]  # lp_θ0(y|x); None without kl_to_base
+    pools: list[list[Opponent]]  # the new y' and the retained older ones, all scored under θ_t
+
+
+class OpponentRollout:
+    def __init__(
+        self,
+        store: OpponentStore,
+        sampler: Sampler,
+        spec: SamplingSpec,
+        accelerator,
+        starting_model: StartingModel,
+        *,
+        kl_to_base: float,
+        batch_size: int,
+        gather_deepspeed3_params: bool,
+        seed: int,
+    ):
+        self.store = store
+        self.sampler = sampler
+        self.spec = spec
+        self.accelerator = accelerator
+        self.starting_model = starting_model
+        self.kl_to_base = kl_to_base
+        self.batch_size = batch_size
+        self.gather = gather_deepspeed3_params
+        self.seed = seed
+
+    def __call__(self, model_wrapped, iteration: int, at_start: bool) -> IterationOpponents:
+        """`at_start`: the first refresh of a fresh run, when the policy still is θ_0."""
+        from accelerate.utils import gather_object
+        from trl.models import unwrap_model_for_generation
+
+        accelerator, store = self.accelerator, self.store
+        rank, world = accelerator.process_index, accelerator.num_processes
+        shard = list(range(rank, len(store), world))
+        prompts = [store.prompts[i] for i in shard]
+        reals = [store.reals[i] for i in shard]
+        # ZeRO-3 with sharded weights: every forward is a collective, so all ranks run
+        # the same number of batches; the padded results are dropped.
+        lockstep = sharded_generation(accelerator, self.gather)
+        if lockstep:
+            self._check_sharded_scoring(model_wrapped)
+            LOG.info("self-play: generating with sharded ZeRO-3 weights (synced_gpus, lockstep batches)")
+
+        def pad(items, filler):
+            return pad_for_lockstep(items, filler, accelerator) if lockstep else items
+
+        # Own seeded RNG stream per (seed, iteration, rank): reproducible, training RNG untouched.
+        seed = (self.seed + 1_000_003 * (iteration + 1) + rank) % 2**31
+        if self.sampler.on_server:
+            # θ_t's weights go to the vLLM server once per iteration (gathered under ZeRO-3).
+            with unwrap_model_for_generation(model_wrapped, accelerator) as model:
+                self.sampler.sync_weights(model, version=iteration)
+        with unwrap_model_for_generation(model_wrapped, accelerator, gather_deepspeed3_params=self.gather) as model:
+            sampled = self.sampler.sample(
+                model,
+                prompts if self.sampler.on_server else pad(prompts, store.prompts[0]),
+                self.spec,
+                seed=seed,
+                synced_gpus=lockstep,
+                show_progress=accelerator.is_main_process,
+                description="self-play: generating opponents",
+            )[: len(prompts)]
+            pools, new = [], []
+            for i, real, (tokens, truncated) in zip(shard, reals, sampled):
+                opponent = Opponent(
+                    iteration,
+                    tokens,
+                    truncated,
+                    classify(tokens, real),
+                    empty=is_empty(tokens, self.sampler.eos_token_ids),
+                )
+                pools.append(store.retained(i, iteration) + [opponent])
+                new.append(opponent)
+            # y (once) and every pooled y' under θ_t, in one flat batched pass.
+            flat = [(k, o) for k, pool in enumerate(pools) for o in pool if o.status == USABLE]
+            scores = score_responses(
+                model,
+                pad(prompts + [prompts[k] for k, _ in flat], store.prompts[0]),
+                pad(reals + [o.tokens for _, o in flat], store.reals[0]),
+                pad_token_id=self.sampler.pad_token_id,
+                batch_size=self.batch_size,
+                show_progress=accelerator.is_main_process,
+            )
+            ref_real = scores[: len(shard)]
+            for (_, opponent), score in zip(flat, scores[len(shard) :]):
+                opponent.ref_logp = score
+            base_real = [store.base_logp_real[i] for i in shard]
+            if self.kl_to_base > 0:
+                base_real = self._score_under_starting_model(model, prompts, reals, ref_real, base_real, new, at_start, pad)
+
+        part = [(shard, ref_real, base_real, pools)]
+        gathered = gather_object(part) if world > 1 else part
+        result = IterationOpponents(iteration, [0.0] * len(store), [None] * len(store), [[] for _ in range(len(store))])
+        for part_shard, part_ref, part_base, part_pools in gathered:
+            for i, ref, base, pool in zip(part_shard, part_ref, part_base, part_pools):
+                result.ref_logp_real[i] = ref
+                result.base_logp_real[i] = base
+                result.pools[i] = pool
+        return result
+
+    def _check_sharded_scoring(self, model_wrapped) -> None:
+        if self.kl_to_base > 0 and not self._adapter_disabled_start(model_wrapped):
+            raise ValueError(
+                "`selfplay.kl_to_base` under ZeRO-3 with sharded generation needs the gathered weights to "
+                "swap θ_0 in (full fine-tuning, or a LoRA run started from `lora_model_dir`): set "
+                "`selfplay.generation.ds3_gather_for_generation: true`."
+            )
+
+    def _adapter_disabled_start(self, model_wrapped) -> bool:
+        model = self.accelerator.unwrap_model(model_wrapped)
+        return is_peft_model(model) and not self.starting_model.cfg.get("lora_model_dir")
+
+    def _score_under_starting_model(self, model, prompts, reals, ref_real, base_real, new, at_start, pad):
+        """lp_θ0 of the real responses (once per run) and of this iteration's new y'.
+
+        θ_0 never changes, so older pooled opponents keep the value computed when
+        they were generated. At the very start of a fresh run θ_t = θ_0 and the θ_t
+        scores are reused; the starting weights are snapshotted for later iterations.
+        """
+        usable = [(k, o) for k, o in enumerate(new) if o.status == USABLE]  # k: position in the shard
+        if at_start:
+            self.starting_model.snapshot(model)
+            for _, opponent in usable:
+                opponent.base_logp = opponent.ref_logp
+            return list(ref_real)
+        store = self.store
+        missing = [k for k, lp in enumerate(base_real) if lp is None]
+        with self.starting_model.active(model):
+            scores = score_responses(
+                model,
+                pad([prompts[k] for k in missing] + [prompts[k] for k, _ in usable], store.prompts[0]),
+                pad([reals[k] for k in missing] + [o.tokens for _, o in usable], store.reals[0]),
+                pad_token_id=self.sampler.pad_token_id,
+                batch_size=self.batch_size,
+            )
+        base_real = list(base_real)
+        for k, score in zip(missing, scores):
+            base_real[k] = score
+        for (_, opponent), score in zip(usable, scores[len(missing) :]):
+            opponent.base_logp = score
+        return base_real
+
