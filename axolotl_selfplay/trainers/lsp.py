@@ -44,6 +44,7 @@ from .. import get_logger
 from ..collator import INDEX_COLUMN
 from ..data import GAME_SEED_COLUMN
 from ..generation import end_of_turn_ids
+from ..guard import WeightsGuard, check_finite
 from ..logprobs import token_logps
 from ..losses import lsp_policy_loss
 from ..modeling import disable_dropout
@@ -73,6 +74,7 @@ class LSPTrainer(AxolotlTrainer):
         self._rollout_stats: torch.Tensor | None = None
         self._samples: list[dict] = []
         self._warned_judge = False
+        self.add_callback(WeightsGuard(self))
 
     @classmethod
     def requires_all_columns(cls, cfg) -> bool:  # Axolotl >= 0.21 asks before building args
@@ -159,21 +161,29 @@ class LSPTrainer(AxolotlTrainer):
             kls.append(kl)
         loss = losses["solver"] + lsp.challenger_weight * losses["challenger"]
         kl_sum = float(torch.cat(kls).sum()) if kls else 0.0
-        self._store_lsp_metrics(losses, kl_sum, int(inputs["labels"].shape[0]))
+        self._store_lsp_metrics(losses, float(loss.detach()), kl_sum, int(inputs["labels"].shape[0]))
         return (loss, outputs) if return_outputs else loss
 
     # -- metrics and samples ---------------------------------------------------
 
-    def _store_lsp_metrics(self, losses, kl_sum: float, rows: int) -> None:
-        """Sums over this rank's rollout, reduced over ranks, then averaged."""
+    def _store_lsp_metrics(self, losses, loss: float, kl_sum: float, rows: int) -> None:
+        """Sums over this rank's rollout, reduced over ranks, then averaged. A non-finite
+        loss, reward or KL on any rank stops training on every rank."""
         stats = self._rollout_stats
         extra = torch.tensor(
-            [float(losses["solver"].detach()), float(losses["challenger"].detach()), kl_sum, rows], dtype=torch.float64
+            [float(losses["solver"].detach()), float(losses["challenger"].detach()), kl_sum, rows, loss],
+            dtype=torch.float64,
         )
         sums = torch.cat([stats, extra]).to(self.accelerator.device)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        total = dict(zip((*STATISTICS, "solver_loss", "challenger_loss", "kl", "rows"), sums.tolist()))
+        total = dict(zip((*STATISTICS, "solver_loss", "challenger_loss", "kl", "rows", "loss"), sums.tolist()))
+        check_finite(
+            {"loss": total["loss"], "lsp/solver_loss": total["solver_loss"], "lsp/challenger_loss": total["challenger_loss"],
+             "lsp/kl": total["kl"], "lsp/solver_reward": total["reward"], "lsp/challenger_reward": total["challenger_reward"]},
+            self.state.global_step + 1,
+            "rl: lsp",
+        )
         queries, answers = total["queries"], total["answers"]
         world = self.accelerator.num_processes
         lsp = self.selfplay_config.lsp

@@ -45,6 +45,7 @@ from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples
 from ..generation import end_of_turn_ids
+from ..guard import WeightsGuard, check_finite
 from ..logprobs import sequence_logps
 from ..losses import (
     mean_over_candidates,
@@ -82,6 +83,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = self._eos_token_ids()
         self.add_callback(_IterationBoundary(self))
+        self.add_callback(WeightsGuard(self))
 
     @classmethod
     def requires_all_columns(cls, cfg) -> bool:  # Axolotl >= 0.21 asks before building args
@@ -225,17 +227,23 @@ class SelfPlayTrainer(AxolotlTrainer):
             # Every opponent of this batch is identical to its y: keep every parameter in
             # the graph (a zero-gradient term), so all ranks run the same backward.
             loss = loss + logps.sum() * 0.0
-        self._store_pair_metrics(selection.counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties)
+        self._store_pair_metrics(
+            selection.counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples
+        )
         return (loss, outputs) if return_outputs else loss
 
     # -- metrics ---------------------------------------------------------------
 
-    def _store_pair_metrics(self, counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties):
-        """Sums over this rank's pairs, reduced over ranks, then averaged per pair."""
+    def _store_pair_metrics(
+        self, counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples
+    ):
+        """Sums over this rank's pairs, reduced over ranks, then averaged per pair. A
+        non-finite loss, log-prob or reward on any rank stops training on every rank."""
         real_rewards = real_rewards.detach().float()
         generated_rewards = generated_rewards.detach().float()
         sums = torch.tensor(
             [
+                float(loss.detach()),
                 0.0 if penalties is None else penalties.float().sum(),
                 real_rewards.sum(),
                 generated_rewards.sum(),
@@ -256,7 +264,14 @@ class SelfPlayTrainer(AxolotlTrainer):
         )
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        (penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty, candidates) = sums.tolist()
+        (loss_sum, penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty,
+         candidates) = sums.tolist()
+        check_finite(
+            {"loss": loss_sum, "logps/real": lp_real, "logps/generated": lp_gen, "rewards/real": r_real,
+             "rewards/generated": r_gen, "chi2/penalty": penalty},
+            self.state.global_step + 1,
+            f"self-play iteration {self.opponents.iteration}; this rank's examples {examples}",
+        )
         per_pair = max(n, 1.0)
         metrics = {
             "rewards/real": r_real / per_pair,
