@@ -525,6 +525,16 @@ def check_compatible(selfplay_type: str, get) -> None:
                 "from single unpacked prompts, which packed rows do not allow. "
                 f"Set `{key}: false`."
             )
+    if get("fsdp_config") or get("fsdp"):
+        fsdp_config = get("fsdp_config") or {}
+        version = get("fsdp_version") or (fsdp_config.get("fsdp_version") if hasattr(fsdp_config, "get") else None) or 1
+        if str(version) != "2":
+            raise ValueError(
+                f"FSDP1 cannot be used with `rl: {selfplay_type}` (this config resolves to fsdp_version "
+                f"{version}; Axolotl's default is 1): self-play generates and scores inside training, which is "
+                "proven on FSDP2 only. Set `fsdp_version: 2` (Axolotl's recommended FSDP), or use DeepSpeed ZeRO-3 "
+                "(`deepspeed: example_configs/deepspeed/zero3_bf16.json`)."
+            )
     if get("pretraining_dataset"):
         raise ValueError(
             f"`pretraining_dataset` cannot be used with `rl: {selfplay_type}`: self-play "

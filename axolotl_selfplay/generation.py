@@ -124,16 +124,25 @@ def generate_responses(
     return results  # type: ignore[return-value]
 
 
-def sharded_generation(accelerator, gather_deepspeed3_params: bool) -> bool:
-    """Whether every generate/forward is a collective over sharded weights (ZeRO-3
-    with `ds3_gather_for_generation: false`): all ranks must then run the same
-    batches (`synced_gpus`, `pad_for_lockstep`)."""
+def sharded_generation(accelerator, model, gather_deepspeed3_params: bool) -> bool:
+    """Whether every generate/forward is a collective over sharded weights, so that all
+    ranks must run the same batches (`synced_gpus`, `pad_for_lockstep`): FSDP (each layer
+    all-gathers its weights in its forward), or ZeRO-3 with `ds3_gather_for_generation: false`."""
+    if accelerator.num_processes == 1:
+        return False
+    if is_fsdp(accelerator, model):
+        return True
     ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return (
-        accelerator.num_processes > 1
-        and not gather_deepspeed3_params
-        and getattr(ds_plugin, "zero_stage", 0) == 3
-    )
+    return not gather_deepspeed3_params and getattr(ds_plugin, "zero_stage", 0) == 3
+
+
+def is_fsdp(accelerator, model) -> bool:
+    """FSDP as accelerate reports it, or a model whose parameters are FSDP2 DTensor shards."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return any(hasattr(param, "full_tensor") for param in model.parameters())
 
 
 def pad_for_lockstep(items: list, filler, accelerator) -> list:

@@ -174,7 +174,7 @@ class LSPRollout:
         lsp = self.lsp
         n, g = lsp.num_queries, lsp.num_answers
         # ZeRO-3 with sharded weights: every generate is a collective (same counts on all ranks).
-        lockstep = sharded_generation(self.accelerator, self.gather)
+        lockstep = sharded_generation(self.accelerator, model_wrapped, self.gather)
         game_prompts = [self.chat_prompt(lsp.challenger_prompt.replace(SEED_SLOT, text)) for text in seeds]
 
         queries, query_texts, query_prompts, answers = self._sample(

@@ -72,10 +72,10 @@ class OpponentRollout:
         reals = [store.reals[i] for i in shard]
         # ZeRO-3 with sharded weights: every forward is a collective, so all ranks run
         # the same number of batches; the padded results are dropped.
-        lockstep = sharded_generation(accelerator, self.gather)
+        lockstep = sharded_generation(accelerator, model_wrapped, self.gather)
         if lockstep:
             self._check_sharded_scoring(model_wrapped)
-            LOG.info("self-play: generating with sharded ZeRO-3 weights (synced_gpus, lockstep batches)")
+            LOG.info("self-play: generating with sharded weights (synced_gpus, lockstep batches)")
 
         def pad(items, filler):
             return pad_for_lockstep(items, filler, accelerator) if lockstep else items
@@ -135,7 +135,10 @@ class OpponentRollout:
         return result
 
     def _check_sharded_scoring(self, model_wrapped) -> None:
-        if self.kl_to_base > 0 and not self._adapter_disabled_start(model_wrapped):
+        # θ_0 is swapped in tensor by tensor: FSDP2's parameters are DTensors whose local
+        # shards swap as they are, ZeRO-3's partitioned ones hold no data outside a gather.
+        zero3 = getattr(getattr(self.accelerator.state, "deepspeed_plugin", None), "zero_stage", 0) == 3
+        if zero3 and self.kl_to_base > 0 and not self._adapter_disabled_start(model_wrapped):
             raise ValueError(
                 "`selfplay.kl_to_base` under ZeRO-3 with sharded generation needs the gathered weights to "
                 "swap θ_0 in (full fine-tuning, or a LoRA run started from `lora_model_dir`): set "

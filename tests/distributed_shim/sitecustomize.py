@@ -14,6 +14,12 @@ shared/research/deepspeed_cpu.md; none is needed on GPUs):
    map integer device maps to "cpu".
 4. Axolotl 0.21 asks torch.cuda.can_device_access_peer when WORLD_SIZE > 1, which
    raises without a GPU (CUDA torch build): answer "no peer access".
+5. FSDP2 (`fsdp_version: 2`): accelerate only turns FSDP on for GPU-type distributed
+   states and builds its device mesh on "cuda". Promote the CPU state to FSDP when
+   ACCELERATE_USE_FSDP is set, and build the mesh on "cpu" (torch's fully_shard runs
+   on CPU with gloo). transformers' full-state-dict gather for the final save
+   (`get_model_state_dict(..., cpu_offload=True)`) fails on CPU tensors ("invalid python
+   storage"): gather each DTensor with `full_tensor()` instead.
 It also skips DeepSpeed's JIT build of an inference-only shared-memory op (45 s).
 
 With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent store
@@ -82,9 +88,44 @@ if "LOCAL_RANK" in os.environ:
 
             modeling_utils.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
 
+        def _patch_fsdp():
+            from accelerate import parallelism_config, state
+
+            build_device_mesh = parallelism_config.ParallelismConfig.build_device_mesh
+            parallelism_config.ParallelismConfig.build_device_mesh = lambda self, device_type: build_device_mesh(
+                self, "cpu"
+            )
+            original_init = state.AcceleratorState.__init__
+
+            def __init__(self, *args, fsdp_plugin=None, **kwargs):
+                original_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+                # Axolotl sets ACCELERATE_USE_FSDP after start-up, so read it here
+                wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+                if wants_fsdp and fsdp_plugin is not None and self.distributed_type == state.DistributedType.MULTI_CPU:
+                    self.distributed_type = state.DistributedType.FSDP
+                    self.fsdp_plugin = fsdp_plugin
+
+            state.AcceleratorState.__init__ = __init__
+
+            from accelerate import Accelerator
+
+            get_state_dict = Accelerator.get_state_dict
+
+            def get_state_dict_on_cpu(self, model, unwrap=True):
+                if not any(hasattr(param, "full_tensor") for param in model.parameters()):  # not FSDP2
+                    return get_state_dict(self, model, unwrap)
+                state = {
+                    name: (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().clone()
+                    for name, tensor in model.state_dict().items()
+                }
+                return state
+
+            Accelerator.get_state_dict = get_state_dict_on_cpu
+
         _patch_accelerate()
         _patch_deepspeed_collectives()
         _patch_device_map()
+        _patch_fsdp()
         torch.cuda.can_device_access_peer = lambda device, peer: False
 
     if os.environ.get("SELFPLAY_TEST_STORE_DUMP"):
@@ -101,8 +142,13 @@ if "LOCAL_RANK" in os.environ:
             if store is not None:
                 digest = hashlib.sha256(json.dumps(store.state_dict(), sort_keys=True).encode()).hexdigest()
                 path = os.path.join(os.environ["SELFPLAY_TEST_STORE_DUMP"], f"rank{os.environ['RANK']}.json")
+                # FSDP2 shards parameters as DTensors: record that the policy really was sharded
+                sharded = any(hasattr(p, "to_local") for p in self.model.parameters())
                 with open(path, "w") as f:
-                    json.dump({"iteration": store.iteration, "examples": len(store), "digest": digest}, f)
+                    json.dump(
+                        {"iteration": store.iteration, "examples": len(store), "digest": digest, "fsdp_sharded": sharded},
+                        f,
+                    )
             return result
 
         Trainer.train = train
