@@ -39,7 +39,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 
 from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
-from ..data import build_examples
+from ..data import build_examples, missing_end_of_turn_warning
 from ..generation import end_of_turn_ids
 from ..logprobs import sequence_logps
 from ..losses import mean_over_candidates, mix_reference, spin_chi2_loss, spin_loss
@@ -79,14 +79,10 @@ class SelfPlayTrainer(AxolotlTrainer):
 
     def _eos_token_ids(self) -> set[int]:
         ids = end_of_turn_ids(self.processing_class, self.accelerator.unwrap_model(self.model))
-        ends = {real[-1] for real in self.opponents.reals}
-        if not ends <= ids:
-            LOG.warning(
-                "some real responses do not end with an EOS token %s (last tokens seen: %s); "
-                "check `train_on_eos: turn` so that y and y' both end the turn the same way",
-                sorted(ids),
-                sorted(ends - ids)[:5],
-            )
+        store = self.opponents
+        warning = missing_end_of_turn_warning(store.prompts, store.reals, ids, getattr(self.args, "max_seq_length", None))
+        if warning:
+            LOG.warning(warning)
         return ids
 
     # -- resume ----------------------------------------------------------------
