@@ -1,5 +1,10 @@
 """`axolotl-selfplay` helper commands.
 
+    axolotl-selfplay check CONFIG.yml [--verbose]
+
+checks a self-play config and its data as `axolotl train` would, without
+loading the model (check.py).
+
     axolotl-selfplay tiny-model DIR [--data FILE.jsonl] [--hidden-size 64] [--layers 2]
                                     [--sft-steps N]
 
@@ -141,6 +146,9 @@ def warm_up(model_dir: str, data_file: str, steps: int, lr: float = 3e-3, batch_
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="axolotl-selfplay", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    from .check import add_check_command, run_check_command
+
+    add_check_command(sub)
     tiny = sub.add_parser("tiny-model", help="build a tiny offline Llama + tokenizer with a chat template")
     tiny.add_argument("output_dir")
     tiny.add_argument("--data", help="chat jsonl ({'messages': [...]}) whose text trains the tokenizer")
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--sft-steps", type=int, default=0, help="warm the model up on --data for N steps")
     tiny.add_argument("--sft-lr", type=float, default=3e-3)
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return run_check_command(args)
     if args.command == "tiny-model":
         build_tiny_model(args.output_dir, args.data, args.vocab_size, args.hidden_size, args.layers, args.seed)
         if args.sft_steps:

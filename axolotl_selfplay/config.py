@@ -546,6 +546,12 @@ def check_compatible(selfplay_type: str, get) -> None:
             f"`streaming: true` cannot be used with `rl: {selfplay_type}`: every prompt is "
             "regenerated at each iteration. Set `streaming: false`."
         )
+    if selfplay_type != "lsp" and get("skip_prepare_dataset"):
+        raise ValueError(
+            f"`skip_prepare_dataset: true` cannot be used with `rl: {selfplay_type}`: self-play "
+            "splits Axolotl's tokenized rows into prompt and reply before training. "
+            "Set `skip_prepare_dataset: false`."
+        )
 
 
 def check_num_epochs(num_epochs, iterations: int, epochs_per_iteration: int) -> None:

@@ -20,6 +20,19 @@ class NoAssistantTurnError(ValueError):
     """A dataset row has no trainable (assistant) tokens to use as the real response."""
 
 
+def labelled_span(labels: Sequence[int]) -> tuple[int, int] | None:
+    """(start, end) of the last contiguous run of labelled tokens; None when none is labelled."""
+    end = len(labels)
+    while end > 0 and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    if end == 0:
+        return None
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return start, end
+
+
 def split_prompt_response(
     input_ids: Sequence[int], labels: Sequence[int]
 ) -> tuple[list[int], list[int]]:
@@ -29,14 +42,10 @@ def split_prompt_response(
     the newline a template puts after the end-of-turn token) is dropped.
     Raises NoAssistantTurnError when no token is labelled.
     """
-    end = len(labels)
-    while end > 0 and labels[end - 1] == IGNORE_INDEX:
-        end -= 1
-    if end == 0:
+    span = labelled_span(labels)
+    if span is None:
         raise NoAssistantTurnError("row has no labelled tokens")
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
+    start, end = span
     return list(input_ids[:start]), list(input_ids[start:end])
 
 
@@ -71,64 +80,31 @@ def build_examples(dataset) -> tuple[list[list[int]], list[list[int]]]:
     return prompts, reals
 
 
-_DEFAULT_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant", "system": "system", "tool": "tool"}
+def missing_end_of_turn_warning(prompts, reals, eos_token_ids: set[int], sequence_len: int | None) -> str | None:
+    """Why real responses lack the end-of-turn token y' ends with, if any do.
 
-
-def check_conversations(rows, dataset_cfg, name: str) -> None:
-    """Raise if a conversation does not end with a trained assistant turn.
-
-    Axolotl silently drops rows whose labels are all masked, and a row that ends
-    with a user turn would train on an earlier assistant turn; for self-play
-    both mean the user's data is not what they think, so say so up front.
-    Mirrors Axolotl's `chat_template` field options: `field_messages`,
-    `message_property_mappings` / `message_field_role`, `roles`, `roles_to_train`.
-    `rows` is a `datasets.Dataset` or a dict of columns.
-    """
-    field = dataset_cfg.get("field_messages") or "messages"
-    mappings = dataset_cfg.get("message_property_mappings") or {}
-    role_key = mappings.get("role") or dataset_cfg.get("message_field_role") or "role"
-    roles = dataset_cfg.get("roles")
-    role_map = {s: t for t, sources in roles.items() for s in sources} if roles else _DEFAULT_ROLES
-    trained = {role_map.get(r, r) for r in (dataset_cfg.get("roles_to_train") or ["assistant"])}
-    if field not in getattr(rows, "column_names", rows):
-        raise ValueError(
-            f"dataset `{name}` has no `{field}` column. Set `field_messages` in that "
-            "`datasets:` entry to the column holding the conversation."
+    A row filling `sequence_len` exactly was cut there (`excess_length_strategy:
+    truncate`); any other reply lacks it because its end of turn is not trained."""
+    missing = [i for i, real in enumerate(reals) if real[-1] not in eos_token_ids]
+    if not missing:
+        return None
+    cut = [i for i in missing if sequence_len and len(prompts[i]) + len(reals[i]) >= sequence_len]
+    untrained = [i for i in missing if i not in set(cut)]
+    parts = []
+    if cut:
+        parts.append(
+            f"{len(cut)} real responses were cut at sequence_len {sequence_len} by `excess_length_strategy: "
+            "truncate` and end mid-reply while the opponent's replies end their turn: raise `sequence_len`, "
+            "or set `excess_length_strategy: drop` to skip such rows"
         )
-    for index, messages in enumerate(rows[field]):  # one column: fast on Arrow datasets
-        if not messages:
-            raise ValueError(f"dataset `{name}` row {index} has an empty `{field}` list.")
-        last = messages[-1]
-        role = role_map.get(last.get(role_key), last.get(role_key)) if isinstance(last, dict) else None
-        if role not in trained:
-            raise ValueError(
-                f"dataset `{name}` row {index} does not end with an assistant turn (its last "
-                f"message has role {role!r}). Self-play learns from the LAST assistant reply of "
-                "each conversation: drop or trim conversations that end with another role, or "
-                "map your role names with `roles:` / `message_property_mappings` in that "
-                "`datasets:` entry."
-            )
-        if len(messages) < 2:
-            raise ValueError(
-                f"dataset `{name}` row {index} has only an assistant message and no prompt. "
-                "Every conversation needs a user turn before the last assistant turn."
-            )
-
-
-def check_selfplay_datasets(cfg) -> None:
-    """Check every chat dataset of a SPIN config before any model loads."""
-    from axolotl.utils.data.shared import load_dataset_with_config
-
-    for dataset_cfg in cfg.get("datasets") or []:
-        if not str(dataset_cfg.get("type") or "").startswith("chat_template"):
-            # Other SFT formats (alpaca, ...) work too: the trainer splits their
-            # tokenized rows at the labelled response. Only conversations can be
-            # checked for their last turn here.
-            continue
-        dataset = load_dataset_with_config(dataset_cfg, cfg.get("hf_use_auth_token") or False)
-        if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # DatasetDict
-            dataset = dataset[dataset_cfg.get("split") or "train"]
-        check_conversations(dataset, dataset_cfg, str(dataset_cfg.get("path")))
+    if untrained:
+        last_tokens = sorted({reals[i][-1] for i in untrained})[:5]
+        parts.append(
+            f"{len(untrained)} real responses do not end with an end-of-turn token {sorted(eos_token_ids)} "
+            f"(last tokens seen: {last_tokens}): set `train_on_eos: turn` in `datasets:` so that y and y' "
+            "both end the turn the same way"
+        )
+    return "; ".join(parts) + "."
 
 
 # -- LSP: games instead of examples ---------------------------------------------
@@ -159,32 +135,65 @@ def check_lsp_seed_datasets(datasets_cfg, challenger_prompt: str) -> None:
 
 
 def load_lsp_seeds(cfg) -> list[str]:
-    """Seed texts of every `datasets:` entry (`field` column, default `prompt`), in order."""
-    from axolotl.utils.data.shared import load_dataset_with_config
+    """Seed texts of every `datasets:` entry (`field` column, default `prompt`), in order.
 
+    Each entry is loaded by Axolotl's own loader (same formats and split choice
+    as SFT data), untokenized."""
+    from .axolotl_data import entry_label, load_each_entry
+
+    entries = [d for d in cfg.get("datasets") or [] if str(d.get("path")) != LSP_NO_DATA]
     seeds: list[str] = []
-    for dataset_cfg in cfg.get("datasets") or []:
-        if str(dataset_cfg.get("path")) == LSP_NO_DATA:
-            continue
-        dataset = load_dataset_with_config(dataset_cfg, cfg.get("hf_use_auth_token") or False)
-        if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # DatasetDict
-            dataset = dataset[dataset_cfg.get("split") or "train"]
-        field = dataset_cfg.get("field") or "prompt"
-        name = str(dataset_cfg.get("path"))
-        if field not in dataset.column_names:
+
+    def on_entry(dataset_config, raw, _tokenized, _tokenizer):
+        field = dataset_config.get("field") or "prompt"
+        name = entry_label(cfg, dataset_config)
+        if field not in raw.column_names:
             raise ValueError(
-                f"`rl: lsp` seed dataset `{name}` has no `{field}` column (columns: "
-                f"{', '.join(dataset.column_names)}). Set `field:` in that `datasets:` entry to "
+                f"`rl: lsp` seed dataset {name} has no `{field}` column (columns: "
+                f"{', '.join(raw.column_names)}). Set `field:` in that `datasets:` entry to "
                 "the column holding the seed text."
             )
-        for index, text in enumerate(dataset[field]):
+        for index, text in enumerate(raw[field]):
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"`rl: lsp` seed dataset `{name}` row {index}: `{field}` is not a non-empty string.")
+                raise ValueError(f"`rl: lsp` seed dataset {name} row {index}: `{field}` is not a non-empty string.")
             seeds.append(text)
+
+    if entries:
+        load_each_entry(cfg, entries, on_entry, tokenize=False)
     return seeds
 
 
-def build_lsp_games(cfg):
+def check_lsp_prompts(cfg, tokenizer, seed: str) -> None:
+    """Render the Challenger prompt with the chat template now: the trainer does it only
+    after the model has loaded."""
+    prompt = cfg.selfplay["lsp"]["challenger_prompt"].replace(SEED_SLOT, seed)
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    except Exception as error:  # noqa: BLE001 - any template failure is the user's to fix
+        raise ValueError(
+            f"`rl: lsp` renders the Challenger and judge prompts with the tokenizer's chat template, "
+            f"which failed: {error}. Set `chat_template:` (e.g. `chat_template: chatml`) or use a "
+            "tokenizer that has one."
+        ) from None
+
+
+def check_reward_model(cfg) -> None:
+    """`selfplay.lsp.reward_model` must at least have a readable config (no weights are loaded)."""
+    path = cfg.selfplay["lsp"].get("reward_model")
+    if not path:
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=bool(cfg.get("trust_remote_code")))
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(
+            f"`selfplay.lsp.reward_model` = `{path}`: cannot read its config ({error}). Give the local "
+            "directory or hub id of a sequence-classification model."
+        ) from None
+
+
+def build_lsp_games(cfg, seeds: list[str]):
     """The training dataset of `rl: lsp`: one row per game, exactly one epoch of `max_steps`.
 
     A row holds its index and its seed text ("" without seed data); the trainer
@@ -199,7 +208,19 @@ def build_lsp_games(cfg):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     games = cfg.max_steps * cfg.micro_batch_size * (cfg.gradient_accumulation_steps or 1) * world
-    seeds = load_lsp_seeds(cfg) or [""]
+    seeds = seeds or [""]
     return Dataset.from_dict(
         {INDEX_COLUMN: list(range(games)), GAME_SEED_COLUMN: [seeds[i % len(seeds)] for i in range(games)]}
     )
+
+
+def prepare_lsp_games(cfg):
+    """What the plugin's `load_datasets` hook and `axolotl-selfplay check` run for `rl: lsp`:
+    the seed prompts, the chat template and the reward model checked, then the games."""
+    from axolotl.common.datasets import TrainDatasetMeta
+    from axolotl.loaders import load_tokenizer
+
+    seeds = load_lsp_seeds(cfg)
+    check_lsp_prompts(cfg, load_tokenizer(cfg), seeds[0] if seeds else "")
+    check_reward_model(cfg)
+    return TrainDatasetMeta(train_dataset=build_lsp_games(cfg, seeds), total_num_steps=cfg.max_steps)

@@ -42,11 +42,34 @@ def _check_block_name(cfg) -> None:
             raise ValueError(f"unknown top-level key `{key}`: did you mean `selfplay:`?")
 
 
+def _check_rl_name(cfg) -> None:
+    # A misspelt `rl: spn` is not remapped, so a `selfplay:` block would then fail on
+    # `selfplay.type`, a key the user never wrote. Axolotl's own values pass untouched.
+    rl = cfg.get("rl")
+    rl = getattr(rl, "value", rl)
+    if rl is None or rl in SELFPLAY_RL_TYPES:
+        return
+    from axolotl.utils.schemas.enums import RLType
+
+    axolotl_types = [member.value for member in RLType]
+    if rl in axolotl_types:
+        return
+    close = difflib.get_close_matches(str(rl), [*SELFPLAY_RL_TYPES, *axolotl_types], n=1, cutoff=0.6)
+    if not (_selfplay_enabled(cfg) or (close and close[0] in SELFPLAY_RL_TYPES)):
+        return  # nothing to do with self-play: Axolotl's own error names its values
+    hint = f" did you mean `{close[0]}`?" if close else ""
+    raise ValueError(
+        f"unknown rl type `{rl}`:{hint} ({', '.join(SELFPLAY_RL_TYPES)}, or one of Axolotl's: "
+        f"{', '.join(axolotl_types)})"
+    )
+
+
 class SelfPlayPlugin(BasePlugin):
     """`rl: spin`, `rl: spin_chi2` and `rl: lsp` for Axolotl (axolotl-selfplay)."""
 
     def register(self, cfg):
         _check_block_name(cfg)
+        _check_rl_name(cfg)
         remap_rl(cfg)
         if not _selfplay_enabled(cfg):
             return
@@ -79,19 +102,18 @@ class SelfPlayPlugin(BasePlugin):
         return "axolotl_selfplay.config.SelfPlayArgs"
 
     def load_datasets(self, cfg, preprocess=False):
+        # Runs before any model loads, for `axolotl train` and `axolotl preprocess`:
+        # every data error must surface here, not after minutes of model loading.
         if not _selfplay_enabled(cfg):
             return None
         if cfg.selfplay.type == "lsp":
-            from axolotl.common.datasets import TrainDatasetMeta
+            from .data import prepare_lsp_games
 
-            from .data import build_lsp_games
+            return prepare_lsp_games(cfg)  # one row per game; the trainer turns rows into Challenger prompts
+        from .data_check import prepare_spin_datasets
 
-            # One row per game; the trainer turns rows into Challenger prompts.
-            return TrainDatasetMeta(train_dataset=build_lsp_games(cfg), total_num_steps=cfg.max_steps)
-        from .data import check_selfplay_datasets
-
-        check_selfplay_datasets(cfg)
-        return None  # SPIN: Axolotl's own SFT pipeline tokenizes the data
+        # Axolotl's own SFT preparation (and cache), every row checked on the way.
+        return prepare_spin_datasets(cfg).meta
 
     def get_trainer_cls(self, cfg):
         if not _selfplay_enabled(cfg):

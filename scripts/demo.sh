@@ -10,6 +10,7 @@ export PATH="$venv/bin:$PATH" AXOLOTL_DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TOKENIZERS
 
 axolotl-selfplay tiny-model outputs/tiny-model --data example_configs/data/tiny_chat.jsonl
 rm -rf outputs/tiny-spin outputs/tiny-spin-prepared
+axolotl-selfplay check example_configs/tiny-spin-cpu.yml   # the config and every data row, no model loaded
 axolotl train example_configs/tiny-spin-cpu.yml
 
 python - <<'PY'

@@ -144,7 +144,7 @@ def test_dataset_without_final_assistant_turn_is_rejected(load, tmp_path):
     rows[2]["messages"].append({"role": "user", "content": "and?"})
     bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = load(datasets=[{"path": str(bad), "type": "chat_template", "field_messages": "messages"}])
-    with pytest.raises(ValueError, match=r"row 2 does not end with an assistant turn"):
+    with pytest.raises(ValueError, match=r"row 2 \(line 3 of bad.jsonl\): the conversation does not end with an assistant turn"):
         SelfPlayPlugin().load_datasets(cfg)
 
 

@@ -218,22 +218,6 @@ def test_generation_is_batch_invariant_and_seeded(tiny_model_dir):
     assert scores == pytest.approx(one_by_one, abs=1e-4)
 
 
-def test_check_conversations_role_mappings_and_errors():
-    from axolotl_selfplay.data import check_conversations
-
-    sharegpt = {"conversations": [[{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]]}
-    cfg = {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
-    check_conversations(sharegpt, cfg, "sharegpt")  # gpt maps to assistant: accepted
-    custom = {"messages": [[{"role": "q", "content": "hi"}, {"role": "a", "content": "yo"}]]}
-    check_conversations(custom, {"roles": {"user": ["q"], "assistant": ["a"]}}, "custom")
-    with pytest.raises(ValueError, match="row 0 does not end with an assistant turn"):
-        check_conversations(custom, {}, "custom")  # without the `roles` mapping 'a' is no assistant
-    with pytest.raises(ValueError, match="no `messages` column"):
-        check_conversations(sharegpt, {}, "sharegpt")
-    with pytest.raises(ValueError, match="no prompt"):
-        check_conversations({"messages": [[{"role": "assistant", "content": "x"}]]}, {}, "lonely")
-
-
 def test_uniform_mixture_draws_every_stored_iterate():
     """Fictitious play: one opponent per example per step, uniform over the pool of
     the last h = 3 iterations; over 3000 seeded draws each iterate is drawn ~1/3 of the time."""

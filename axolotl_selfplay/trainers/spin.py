@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 
 from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
-from ..data import build_examples
+from ..data import build_examples, missing_end_of_turn_warning
 from ..generation import end_of_turn_ids
 from ..guard import WeightsGuard, check_finite
 from ..logprobs import sequence_logps
@@ -96,14 +96,10 @@ class SelfPlayTrainer(AxolotlTrainer):
 
     def _eos_token_ids(self) -> set[int]:
         ids = end_of_turn_ids(self.processing_class, self.accelerator.unwrap_model(self.model))
-        ends = {real[-1] for real in self.opponents.reals}
-        if not ends <= ids:
-            LOG.warning(
-                "some real responses do not end with an EOS token %s (last tokens seen: %s); "
-                "check `train_on_eos: turn` so that y and y' both end the turn the same way",
-                sorted(ids),
-                sorted(ends - ids)[:5],
-            )
+        store = self.opponents
+        warning = missing_end_of_turn_warning(store.prompts, store.reals, ids, getattr(self.args, "max_seq_length", None))
+        if warning:
+            LOG.warning(warning)
         return ids
 
     # -- set-up and resume -------------------------------------------------------
