@@ -67,10 +67,11 @@ def official_style(model, tokenizer, prompts, batch_size, max_new_tokens):
 
 def ours(model, tokenizer, prompts, batch_size, max_new_tokens):
     from axolotl_selfplay.generation import _length_sorted_batches, generate_responses
+    from axolotl_selfplay.sampling import SamplingSpec
 
     results = generate_responses(
         model, prompts, pad_token_id=tokenizer.pad_token_id, eos_token_ids={tokenizer.eos_token_id},
-        max_new_tokens=max_new_tokens, do_sample=False, temperature=1.0, top_p=1.0, batch_size=batch_size, seed=0,
+        spec=SamplingSpec.greedy(max_new_tokens), batch_size=batch_size, seed=0,
     )
     outputs = [tokens for tokens, _ in results]
     # decode slots: each length-sorted batch runs until its longest response ends

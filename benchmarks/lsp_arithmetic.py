@@ -135,6 +135,7 @@ def evaluate(model_dir: Path, heldout: list[tuple[int, int]], batch_size: int = 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_selfplay.generation import generate_responses
+    from axolotl_selfplay.sampling import SamplingSpec
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
@@ -149,10 +150,7 @@ def evaluate(model_dir: Path, heldout: list[tuple[int, int]], batch_size: int = 
         [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts],
         pad_token_id=tokenizer.pad_token_id,
         eos_token_ids={tokenizer.eos_token_id},
-        max_new_tokens=6,
-        do_sample=False,
-        temperature=1.0,
-        top_p=1.0,
+        spec=SamplingSpec.greedy(max_new_tokens=6),
         batch_size=batch_size,
         seed=0,
     )
