@@ -62,10 +62,14 @@ def load_each_entry(cfg, dataset_configs, on_entry: Callable, tokenizer=None, to
 
 
 def entry_label(cfg, dataset_config) -> str:
-    """How messages name a `datasets:` entry, e.g. `datasets[1]` (data/chat.jsonl)."""
+    """How messages name a `datasets:` (or `test_datasets:`) entry, e.g. `datasets[1]` (data/chat.jsonl)."""
+    for key in ("datasets", "test_datasets"):
+        entries = list(cfg.get(key) or [])
+        index = next((i for i, d in enumerate(entries) if d is dataset_config), None)
+        if index is not None:
+            return f"`{key}[{index}]` ({dataset_config.get('path')})"
     entries = list(cfg.get("datasets") or [])
-    index = next((i for i, d in enumerate(entries) if d is dataset_config), None)
-    if index is None:  # Axolotl expands `name: [a, b]` / `preprocess_shards` into copies
-        index = next((i for i, d in enumerate(entries) if d.get("path") == dataset_config.get("path")), None)
+    # Axolotl expands `name: [a, b]` / `preprocess_shards` into copies
+    index = next((i for i, d in enumerate(entries) if d.get("path") == dataset_config.get("path")), None)
     where = f"`datasets[{index}]`" if index is not None else "dataset"
     return f"{where} ({dataset_config.get('path')})"

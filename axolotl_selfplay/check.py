@@ -160,6 +160,13 @@ def _spin_lines(cfg, data, entries) -> list[str]:
         f"opponents  {len(train)} per iteration ({gen['max_new_tokens']} new tokens at most, generation.batch_size "
         f"{gen['batch_size']}, backend {gen['backend']}), {len(train) * schedule.iterations_run} in all"
     )
+    if data.supplied is not None:
+        lines.append(f"           iteration 0: {data.supplied.summary()}")
+    if evaluation is not None and len(evaluation):
+        lines.append(
+            f"evaluation {len(evaluation)} held-out rows: {len(evaluation)} more opponents generated per iteration, "
+            "scored with the self-play objective (eval_rewards/*, eval_logps/*, eval_nll/real)"
+        )
     return lines
 
 

@@ -333,6 +333,39 @@ class SelfPlayConfig(BaseModel):
         "official SPIN recipe). `uniform`: fictitious play, each example's opponent is "
         "drawn uniformly from the pool at every step.",
     )
+    restart_schedule: bool = Field(
+        default=True,
+        description="Restart the configured learning-rate schedule (`lr_scheduler`, its warm-up from "
+        "`warmup_steps` / `warmup_ratio`, any of Axolotl's schedulers) at every iteration, over that "
+        "iteration's steps, as the official SPIN code does (each iteration is a separate run there). "
+        "false: one schedule over the whole run.",
+    )
+    learning_rates: list[float] | None = Field(
+        default=None,
+        description="One peak learning rate per iteration (length `iterations`), in place of "
+        "`learning_rate` during that iteration; parameter groups with their own learning rate scale "
+        "with it. The paper: [5e-7, 5e-7, 1e-7, 1e-7]. Default: `learning_rate` for every iteration.",
+    )
+    reset_optimizer: bool = Field(
+        default=True,
+        description="Forget the optimizer's state (Adam's or RMSprop's moving averages and step "
+        "counts) at the start of every iteration, as a fresh optimizer would, like the official code. "
+        "false: the state carries over from one iteration's opponents to the next.",
+    )
+    sft_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="λ: add λ·NLL of the real response (mean over its tokens, as TRL's `rpo_alpha` / "
+        "RPO) to the loss. 0 = off. Logged as `nll/real` either way.",
+    )
+    opponents_from: str | dict[str, Any] | None = Field(
+        default=None,
+        description="Iteration 0's opponent responses from a file or dataset instead of generating "
+        "them: a path (jsonl / json / parquet / a directory / a hub id) or a `datasets:`-style entry "
+        "(`path`, `split`, `data_files`, ...). Layouts: the SPIN authors' released data (`real` and "
+        "`generated` message lists) or this plugin's `selfplay/iter_{t}.jsonl` exports (`prompt`, "
+        "`generated`). Matched to the training rows by prompt; rows without a match are generated.",
+    )
     disable_dropout: bool = Field(
         default=True,
         description="Switch off every dropout in the policy (LoRA's `lora_dropout`, attention and "
@@ -369,6 +402,15 @@ class SelfPlayConfig(BaseModel):
     def _keys_match_type(self) -> SelfPlayConfig:
         if self.type == "lsp":
             return self._check_lsp()
+        if self.learning_rates is not None:
+            if len(self.learning_rates) != self.iterations:
+                raise ValueError(
+                    f"`selfplay.learning_rates` has {len(self.learning_rates)} entries but `selfplay.iterations` "
+                    f"is {self.iterations}: give one learning rate per iteration, or remove `learning_rates`."
+                )
+            bad = [lr for lr in self.learning_rates if not lr > 0]
+            if bad:
+                raise ValueError(f"`selfplay.learning_rates` must all be > 0, got {bad[0]!r}.")
         if self.lsp is not None:
             raise ValueError(
                 f"`selfplay.lsp` only applies to `rl: lsp` (this config has `rl: {self.type}`). "
@@ -416,6 +458,11 @@ SPIN_ONLY_KEYS = (
     "history",
     "kl_to_base",
     "opponent_mixture",
+    "restart_schedule",
+    "learning_rates",
+    "reset_optimizer",
+    "sft_weight",
+    "opponents_from",
 )
 
 
@@ -486,6 +533,7 @@ class SelfPlayArgs(BaseModel):
             return self
         fields = self.__dict__  # every field of the merged Axolotl config
         check_compatible(sp.type, fields.get)
+        check_schedule(sp, fields.get)
         if sp.type == "lsp":
             return self  # LSP's length is max_steps; epochs do not apply
         total = sp.iterations * sp.epochs_per_iteration
@@ -552,6 +600,44 @@ def check_compatible(selfplay_type: str, get) -> None:
             "splits Axolotl's tokenized rows into prompt and reply before training. "
             "Set `skip_prepare_dataset: false`."
         )
+
+
+# Schedulers HF steps with evaluation metrics, not once per optimizer step: they cannot restart.
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+
+
+def check_schedule(sp: SelfPlayConfig, get) -> None:
+    """The per-iteration schedule (`restart_schedule`, `learning_rates`) needs the Axolotl scheduler."""
+    if sp.type == "lsp" or not (sp.restart_schedule or sp.learning_rates):
+        return
+    keys = "`selfplay.restart_schedule: false`" + (" and remove `selfplay.learning_rates`" if sp.learning_rates else "")
+    scheduler = get("lr_scheduler")
+    scheduler = getattr(scheduler, "value", scheduler)
+    if scheduler in METRIC_SCHEDULERS:
+        raise ValueError(
+            f"`lr_scheduler: {scheduler}` follows evaluation metrics and cannot restart with every self-play "
+            f"iteration: choose another `lr_scheduler` (the official recipe: `linear`), or set {keys}."
+        )
+    deepspeed = _deepspeed_config(get("deepspeed"))
+    if deepspeed and "scheduler" in deepspeed:
+        raise ValueError(
+            f"the DeepSpeed config `{get('deepspeed')}` has a `scheduler` section: DeepSpeed would then own the "
+            "learning-rate schedule and it would not restart with every self-play iteration. Remove the "
+            f"`scheduler` section (Axolotl's `lr_scheduler` / `warmup_ratio` then apply), or set {keys}."
+        )
+
+
+def _deepspeed_config(value) -> dict | None:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.endswith(".json"):
+        import json
+        import os
+
+        if os.path.isfile(value):
+            with open(value, encoding="utf-8") as f:
+                return json.load(f)
+    return None  # Axolotl reports a missing file itself
 
 
 def check_num_epochs(num_epochs, iterations: int, epochs_per_iteration: int) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from . import get_logger
 from .axolotl_data import entry_label, load_each_entry, watch_entries
 from .data import labelled_span
+from .opponent_data import SuppliedOpponents, attach_supplied_opponents
 
 LOG = get_logger(__name__)
 
@@ -483,6 +484,7 @@ class SpinData:
     meta: object  # Axolotl's TrainDatasetMeta, handed back to Axolotl by the plugin hook
     entries: list[EntryReport]  # empty when Axolotl loaded its prepared dataset from the cache
     schedule: Schedule
+    supplied: SuppliedOpponents | None = None  # `selfplay.opponents_from`, matched to the training rows
 
 
 def prepare_spin_datasets(cfg) -> SpinData:
@@ -494,20 +496,22 @@ def prepare_spin_datasets(cfg) -> SpinData:
     entries: list[EntryReport] = []
 
     def on_entry(dataset_config, raw, tokenized, tokenizer):
-        if any(dataset_config is t for t in test_configs):
-            return  # evaluation data: scored with Axolotl's SFT loss, never split
         report = inspect_entry(cfg, dataset_config, raw, tokenized, tokenizer)
         report.raise_if_unusable()  # before Axolotl merges, shuffles and caches the rows
-        entries.append(report)
+        if not any(dataset_config is t for t in test_configs):
+            entries.append(report)  # evaluation rows (`test_datasets`) are checked, not counted
 
     with watch_entries(on_entry):
         meta = load_datasets(cfg=cfg)
     if not entries:
         _check_prepared_rows(cfg, meta.train_dataset)
+        if meta.eval_dataset is not None:  # self-play evaluation splits them too
+            _check_prepared_rows(cfg, meta.eval_dataset)
+    supplied = attach_supplied_opponents(cfg, meta)
     for warning in (dropped_rows_warning(entries), cut_replies_warning(entries, cfg)):
         if warning:
             LOG.warning(warning)
     schedule = Schedule.of(cfg, len(meta.train_dataset))
     if schedule.warning():
         LOG.warning(schedule.warning())
-    return SpinData(meta, entries, schedule)
+    return SpinData(meta, entries, schedule, supplied)

@@ -1,7 +1,7 @@
 """Self-play losses as small pure tensor functions (no model, no trainer).
 
 SPIN family (`spin_loss`, `spin_chi2_loss`, `spin_chi2_identical_loss`, `spin_chi2_batch_loss`,
-`mix_reference`, `mean_over_candidates`): every argument is a float tensor of shape (P,) with one entry per
+`mix_reference`, `mean_over_candidates`, `sft_nll`): every argument is a float tensor of shape (P,) with one entry per
 (real, generated) pair (or (B,), one per real row, where said); log-probs
 are per-sequence SUMS over response tokens. LSP (`lsp_advantages`,
 `lsp_policy_loss`, `k3_kl`) works on per-game reward grids and per-token
@@ -150,6 +150,19 @@ def mean_over_candidates(pair_losses: torch.Tensor, dropped: int, dropped_loss: 
     """
     total = pair_losses.numel() + dropped
     return (pair_losses.sum() + dropped * dropped_loss) / max(total, 1)
+
+
+def sft_nll(real_logps: torch.Tensor, real_tokens: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the real responses, averaged over their tokens.
+
+    real_logps (B,): lp_θ(y|x) of each real response, summed over its tokens;
+    real_tokens (B,): its number of tokens. Returns −Σ_b lp_θ(y_b) / Σ_b |y_b|, the
+    mean over every real token of the batch: the term TRL's DPO adds with
+    `rpo_alpha` (RPO, arXiv 2404.19733). `sft_weight` λ adds λ times it to the
+    self-play loss, pulling the real responses' likelihood up while the pairwise
+    loss only ranks them above the opponent's.
+    """
+    return -real_logps.sum() / real_tokens.sum().clamp(min=1).to(real_logps.dtype)
 
 
 def mix_reference(lp_iterate: torch.Tensor, lp_base: torch.Tensor | None, kl_to_base: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 STATE_FILE = "selfplay_opponents.pt"
+EVAL_STATE_FILE = "selfplay_eval_opponents.pt"  # the evaluation rows' opponents (`val_set_size` / `test_datasets`)
 
 # USABLE: trained on. IDENTICAL: y' == y, whose SPIN margin is 0 for every θ (the
 # pair is skipped at its constant loss; the χ² loss keeps its real-side term).
@@ -166,17 +167,17 @@ class OpponentStore:
         self.base_logp_real = list(state.get("base_logp_real") or [None] * len(self))
         self.pool = [[Opponent(**o) for o in p] for p in state["pool"]]
 
-    def save(self, directory: str) -> str:
+    def save(self, directory: str, filename: str = STATE_FILE) -> str:
         """Write the store into `directory` atomically; returns the file path."""
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, STATE_FILE)
+        path = os.path.join(directory, filename)
         torch.save(self.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)
         return path
 
-    def load(self, directory: str) -> bool:
+    def load(self, directory: str, filename: str = STATE_FILE) -> bool:
         """Load the store saved in `directory`; False when there is none."""
-        path = os.path.join(directory, STATE_FILE)
+        path = os.path.join(directory, filename)
         if not os.path.exists(path):
             return False
         self.load_state_dict(torch.load(path, weights_only=True))
@@ -185,7 +186,8 @@ class OpponentStore:
     def export_jsonl(self, path: str, decode) -> None:
         """Write this iteration's pairs as jsonl (atomically), one line per example.
 
-        Keys: prompt, real, generated, ref_logp_real, ref_logp_generated (under θ_t),
+        Keys: prompt, real, generated (and its token ids, generated_ids), ref_logp_real,
+        ref_logp_generated (under θ_t),
         truncated, status (ok / identical) and empty (y' only ends the turn) of the
         newest opponent, and
         with kl_to_base > 0 base_logp_real / base_logp_generated (under θ_0).
@@ -201,6 +203,8 @@ class OpponentStore:
                     "prompt": decode(self.prompts[i]),
                     "real": decode(self.reals[i]),
                     "generated": decode(opponent.tokens),
+                    # the exact tokens: decoding is lossy for samples that end mid-character
+                    "generated_ids": list(opponent.tokens),
                     "ref_logp_real": self.ref_logp_real[i],
                     "ref_logp_generated": opponent.ref_logp,
                     "truncated": opponent.truncated,

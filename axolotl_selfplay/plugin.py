@@ -21,6 +21,7 @@ from .config import (
     SELFPLAY_RL_TYPES,
     check_compatible,
     check_num_epochs,
+    check_schedule,
     parse_selfplay_block,
     remap_rl,
 )
@@ -76,6 +77,7 @@ class SelfPlayPlugin(BasePlugin):
         # Validate the block now so its errors come before Axolotl's own checks.
         parsed = parse_selfplay_block(cfg["selfplay"])
         check_compatible(parsed.type, cfg.get)
+        check_schedule(parsed, cfg.get)
         if parsed.type == "lsp":
             from .data import LSP_NO_DATA, check_lsp_seed_datasets
             from .rewards import load_reward_funcs
@@ -127,9 +129,10 @@ class SelfPlayPlugin(BasePlugin):
         return SelfPlayTrainer
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
-        if not _selfplay_enabled(cfg) or is_eval:
-            # Evaluation uses Axolotl's default collator (SFT loss on real responses).
+        if not _selfplay_enabled(cfg):
             return None
+        # Evaluation too: the held-out rows are scored with the self-play objective
+        # against opponents generated for them at every iteration (trainers/spin.py).
         from .collator import SelfPlayCollator
 
         return SelfPlayCollator, {}

@@ -44,8 +44,9 @@ class StartingModel:
         return is_peft_model(model) and bool(self.cfg.get("lora_model_dir"))
 
     def snapshot(self, model) -> None:
-        """Copy θ_0's trainable weights to CPU; `model` must still hold θ_0."""
-        if is_peft_model(model):
+        """Copy θ_0's trainable weights to CPU; `model` must still hold θ_0. Once: the
+        evaluation rows' rollout at the start of a run finds the copy taken already."""
+        if is_peft_model(model) or self._weights is not None:
             return  # adapters: disabled, or snapshotted when the run started
         self._weights = _trainable_copy(model)
 

@@ -254,6 +254,21 @@ def train_in_process(cfg: dict, path: Path, *probe_args: str) -> Run:
     return Run(proc, cfg)
 
 
+def spin_release_file(path: Path, rows: list[dict], reply: str) -> Path:
+    """A parquet file in the SPIN authors' released layout (UCLA-AGI/SPIN_iter{t}): per row,
+    `real` and `generated` message lists; here `generated` answers every prompt with `reply`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = []
+    for row in rows:
+        *prompt, answer = row["messages"]
+        records.append({"real": [*prompt, answer], "generated": [*prompt, {"role": "assistant", "content": reply}]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records), str(path))
+    return path
+
+
 def unchanged_parameters(model_dir: Path, output_dir: Path) -> list[str]:
     """Names of the tensors a full fine-tune left exactly as they were."""
     from safetensors.torch import load_file

@@ -58,6 +58,9 @@ def test_rl_spin_becomes_selfplay_block_with_defaults(load):
         "vllm_server_timeout": 240.0,
     }
     assert sp["disable_dropout"] is True
+    # the official recipe: a fresh schedule and optimizer every iteration, no SFT term
+    assert (sp["restart_schedule"], sp["reset_optimizer"], sp["learning_rates"]) == (True, True, None)
+    assert (sp["sft_weight"], sp["opponents_from"]) == (0.0, None)
     assert cfg.num_epochs == 3  # K·E
 
 
@@ -118,6 +121,21 @@ def test_plain_dpo_config_is_untouched(load):
         ({"selfplay": {"generation": {"top_k": -1}}}, "invalid `selfplay.generation.top_k`: Input should be greater than or equal to 0"),
         ({"selfplay": {"generation": {"min_p": 1.0}}}, "invalid `selfplay.generation.min_p`: Input should be less than 1"),
         ({"selfplay": {"generation": {"repetition_penalty": 0}}}, "invalid `selfplay.generation.repetition_penalty`: Input should be greater than 0"),
+        (
+            {"selfplay": {"iterations": 4, "learning_rates": [5e-7, 5e-7, 1e-7]}},
+            "`selfplay.learning_rates` has 3 entries but `selfplay.iterations` is 4: give one learning rate per iteration",
+        ),
+        ({"selfplay": {"iterations": 2, "learning_rates": [5e-7, 0]}}, "`selfplay.learning_rates` must all be > 0, got 0"),
+        ({"selfplay": {"sft_weight": -1}}, "invalid `selfplay.sft_weight`: Input should be greater than or equal to 0"),
+        (
+            {"lr_scheduler": "reduce_lr_on_plateau"},
+            "`lr_scheduler: reduce_lr_on_plateau` follows evaluation metrics and cannot restart with every self-play "
+            "iteration: choose another `lr_scheduler` (the official recipe: `linear`), or set `selfplay.restart_schedule: false`.",
+        ),
+        (
+            {"deepspeed": {"zero_optimization": {"stage": 2}, "scheduler": {"type": "WarmupLR"}}},
+            "has a `scheduler` section: DeepSpeed would then own the learning-rate schedule",
+        ),
     ],
 )
 def test_bad_input_errors_name_the_key(load, overrides, message):
@@ -249,6 +267,8 @@ def test_lsp_games_dataset_cycles_seed_prompts(load_lsp, tmp_path):
         ({}, {}, {"val_set_size": 0.1}, "`rl: lsp` has no held-out data"),
         ({}, {"iterations": 2}, {}, "`selfplay.iterations` belongs to SPIN"),
         ({}, {"beta": 0.5}, {}, "`selfplay.beta` belongs to SPIN"),
+        ({}, {"sft_weight": 1.0}, {}, "`selfplay.sft_weight` belongs to SPIN"),
+        ({}, {"reset_optimizer": False}, {}, "`selfplay.reset_optimizer` belongs to SPIN"),
         ({}, {"generation": {"do_sample": False}}, {}, "`selfplay.generation.do_sample: false` cannot be used with `rl: lsp`"),
         ({"challenger_prompt": "Write about {seed}."}, {}, {}, "contains `{seed}` but there is no seed data"),
         ({}, {}, {"datasets": [{"path": str(ARITHMETIC_DATA)}]}, "has no `{seed}` slot"),

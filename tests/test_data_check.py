@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEMO_DATA, base_config, lsp_config, with_reward_module
+from conftest import DEMO_DATA, base_config, lsp_config, spin_release_file, with_reward_module
 
 from axolotl_selfplay.cli import main
 
@@ -336,6 +336,67 @@ def test_prepared_dataset_cache_is_used_and_still_checked(tmp_path, tiny_model_d
     assert tokenized == [] and len(meta.train_dataset) == 16  # from the cache, untokenized
 
 
+# -- evaluation rows and `selfplay.opponents_from` ------------------------------------------
+
+
+def test_test_datasets_rows_are_checked_too(tmp_path, tiny_model_dir, fresh_axolotl, no_weights):
+    """Self-play evaluation splits `test_datasets` rows into prompt and reply as well."""
+    rows = [json.loads(json.dumps(r)) for r in DEMO_ROWS[:8]]
+    rows[1]["messages"][-1]["content"] = ""
+    path = _jsonl(tmp_path / "heldout.jsonl", rows)
+    config = _write(tmp_path, tiny_model_dir, test_datasets=[_chat_entry(path, split="train")])
+    with pytest.raises(ValueError, match=r"`test_datasets\[0\]` \(.*heldout.jsonl\) row 1 \(line 2 of heldout.jsonl\): empty"):
+        _train(config)
+
+
+def test_opponents_from_released_layout_matches_by_prompt(tmp_path, tiny_model_dir, tiny_tokenizer, fresh_axolotl):
+    """The first 40 demo conversations (and 3 unknown prompts) in the authors' parquet layout:
+    every training row whose prompt is among them (duplicates included) carries the file's
+    reply as the template renders an assistant turn; the others carry none."""
+    from axolotl_selfplay.opponent_data import SUPPLIED_COLUMN
+
+    unknown = [{"messages": [{"role": "user", "content": f"What is {i} cubed?"}, {"role": "assistant", "content": "?"}]} for i in range(3)]
+    source = spin_release_file(tmp_path / "SPIN_iter0" / "train.parquet", DEMO_ROWS[:40] + unknown, "I do not know.")
+    _, meta = _prepare(_write(tmp_path, tiny_model_dir, selfplay={"iterations": 2, "opponents_from": str(source)}))
+    from axolotl_selfplay.data import build_examples
+
+    def rendered(messages):
+        return tiny_tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+
+    in_file = {rendered(row["messages"]) for row in DEMO_ROWS[:40]}
+    prompts, _ = build_examples(meta.train_dataset)
+    matched = 0
+    for tokens, prompt in zip(meta.train_dataset[SUPPLIED_COLUMN], prompts):
+        assert (tokens is not None) == (tiny_tokenizer.decode(prompt) in in_file)
+        if tokens is not None:
+            matched += 1
+            assert tiny_tokenizer.decode(tokens).startswith("I do not know.<|im_end|>")
+    assert matched == 41  # 40 conversations, one of them twice in the data
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("missing.parquet", "`selfplay.opponents_from` ({tmp}/missing.parquet): no such file or directory."),
+        (
+            "messages.jsonl",
+            "`selfplay.opponents_from` ({tmp}/messages.jsonl) has columns messages: expected the SPIN authors' "
+            "released data (`real` and `generated` message lists) or an `output_dir/selfplay/iter_{{t}}.jsonl` export",
+        ),
+        ("unrelated.parquet", "`selfplay.opponents_from` ({tmp}/unrelated.parquet): none of its 2 prompts matches a training prompt."),
+    ],
+    ids=["missing file", "bad columns", "no matching rows"],
+)
+def test_opponents_from_errors_come_before_the_model(source, message, tmp_path, tiny_model_dir, fresh_axolotl, no_weights):
+    _jsonl(tmp_path / "messages.jsonl", DEMO_ROWS[:4])
+    unrelated = [{"messages": [{"role": "user", "content": f"Spell {w}."}, {"role": "assistant", "content": w}]} for w in ("a", "b")]
+    spin_release_file(tmp_path / "unrelated.parquet", unrelated, "no")
+    config = _write(tmp_path, tiny_model_dir, selfplay={"iterations": 2, "opponents_from": str(tmp_path / source)})
+    with pytest.raises(ValueError) as error:
+        _train(config)
+    assert message.format(tmp=tmp_path) in str(error.value)
+
+
 # -- 3., 4., 5. ----------------------------------------------------------------------------
 
 
@@ -435,7 +496,9 @@ def _check(config: Path, capsys) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("rl", ["spin", "spin_chi2"])
 def test_check_good_spin_config(rl, tmp_path, tiny_model_dir, fresh_axolotl, no_weights, capsys):
-    code, out, err = _check(_write(tmp_path, tiny_model_dir, rl=rl), capsys)
+    source = spin_release_file(tmp_path / "iter0.parquet", DEMO_ROWS[:10], "No idea.")
+    selfplay = {"iterations": 2, "opponents_from": str(source), "generation": {"max_new_tokens": 12}}
+    code, out, err = _check(_write(tmp_path, tiny_model_dir, rl=rl, selfplay=selfplay), capsys)
     assert code == 0, err
     assert f"OK (rl: {rl}," in out and "no model weights loaded" in out
     assert "data       64 rows in 1 entry: 64 usable, 0 dropped by Axolotl" in out
@@ -444,8 +507,12 @@ def test_check_good_spin_config(rl, tmp_path, tiny_model_dir, fresh_axolotl, no_
     assert "prompts    end with '…" in out and "<|im_start|>assistant\\n'" in out
     assert "schedule   2 iterations × 1 epoch × 4 steps = 8 optimizer steps" in out
     assert "opponents  64 per iteration (12 new tokens at most" in out and "128 in all" in out
+    assert (
+        f"iteration 0: 11 of 64 training rows take iteration 0's opponent from `selfplay.opponents_from` ({source}) "
+        "(spin layout, 10 rows); 53 without a match are generated"
+    ) in out, out
     # A second check finds Axolotl's prepared dataset in the cache, and says the same
-    code, again, _ = _check(_write(tmp_path, tiny_model_dir, rl=rl), capsys)
+    code, again, _ = _check(_write(tmp_path, tiny_model_dir, rl=rl, selfplay=selfplay), capsys)
     assert code == 0 and "(from the dataset_prepared_path cache)" in again
     assert again.replace(" (from the dataset_prepared_path cache)", "") == out
 

@@ -11,6 +11,7 @@ from axolotl_selfplay.logprobs import IGNORE_INDEX, pad_sequences, sequence_logp
 from axolotl_selfplay.losses import (
     mean_over_candidates,
     mix_reference,
+    sft_nll,
     spin_chi2_batch_loss,
     spin_chi2_identical_loss,
     spin_chi2_loss,
@@ -31,6 +32,20 @@ def test_spin_sigmoid_hand_value():
     assert losses.item() == pytest.approx(0.403186, abs=1e-6)
     assert real.item() == pytest.approx(0.5)
     assert generated.item() == pytest.approx(-0.2)
+
+
+def test_sft_nll_is_the_token_mean_over_the_batch():
+    """Two real responses: lp_θ(y_1) = -6 over 3 tokens, lp_θ(y_2) = -2 over 2 tokens.
+    The mean over the batch's tokens is (6 + 2) / (3 + 2) = 1.6 (TRL's rpo_alpha term), not
+    the mean of the per-response means (6/3 + 2/2) / 2 = 1.5. Its gradient with respect to
+    each lp_θ(y_b) is -1 / Σ|y| = -0.2."""
+    logps = torch.tensor([-6.0, -2.0], requires_grad=True)
+    nll = sft_nll(logps, torch.tensor([3, 2]))
+    assert nll.item() == pytest.approx(1.6)
+    nll.backward()
+    assert logps.grad.tolist() == pytest.approx([-0.2, -0.2])
+    # a batch without real tokens (cannot happen with checked data) does not divide by 0
+    assert sft_nll(torch.zeros(1), torch.zeros(1, dtype=torch.long)).item() == 0.0
 
 
 def test_mean_over_candidates_counts_dropped_pairs():

@@ -169,7 +169,7 @@ def test_export_jsonl(tmp_path):
     path = tmp_path / "selfplay" / "iter_0.jsonl"
     store.export_jsonl(str(path), lambda ids: " ".join(map(str, ids)))
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert rows[0] == {"prompt": "1 10", "real": "20 2", "generated": "30 2", "ref_logp_real": -1.0,
+    assert rows[0] == {"prompt": "1 10", "real": "20 2", "generated": "30 2", "generated_ids": [30, EOS], "ref_logp_real": -1.0,
                        "ref_logp_generated": -4.0, "truncated": False, "status": "ok", "empty": False}
     assert rows[1]["status"] == "identical" and len(rows) == 2
     assert not (tmp_path / "selfplay" / "iter_0.jsonl.tmp").exists()

@@ -1,9 +1,11 @@
 """SPIN's rollout: at the start of iteration t the current policy θ_t becomes the opponent.
 
-`OpponentRollout(model, iteration)`:
-1. samples y' for every training prompt with θ_t (each rank its round-robin shard
-   of the prompts), through the `Sampler` (`hf`: the training model; `vllm`: the
-   server, which first receives θ_t's weights),
+`OpponentRollout(model, iteration)`, for the examples of one OpponentStore (the
+training rows; a second rollout serves the evaluation rows):
+1. samples y' for every prompt with θ_t (each rank its round-robin shard of the
+   prompts), through the `Sampler` (`hf`: the training model; `vllm`: the
+   server, which first receives θ_t's weights), except the y' given by
+   `selfplay.opponents_from` at iteration 0 (opponent_data.py),
 2. scores lp_θt(y|x) and lp_θt(y'|x) in the same no-grad pass, the older
    opponents kept by `history` included, so no reference model is ever held,
 3. with `kl_to_base` > 0 also scores the real and the new responses under θ_0,
@@ -17,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import get_logger
-from ..generation import pad_for_lockstep, score_responses, sharded_generation
+from ..generation import cut_at_eos, pad_for_lockstep, score_responses, sharded_generation
 from ..modeling import is_peft_model
 from ..opponent import USABLE, Opponent, OpponentStore, classify, is_empty
 from ..reference import StartingModel
@@ -60,8 +62,12 @@ class OpponentRollout:
         self.gather = gather_deepspeed3_params
         self.seed = seed
 
-    def __call__(self, model_wrapped, iteration: int, at_start: bool) -> IterationOpponents:
-        """`at_start`: the first refresh of a fresh run, when the policy still is θ_0."""
+    def __call__(
+        self, model_wrapped, iteration: int, at_start: bool, supplied: dict[int, list[int]] | None = None
+    ) -> IterationOpponents:
+        """`at_start`: the first refresh of a fresh run, when the policy still is θ_0.
+        `supplied`: y' given for some examples (`selfplay.opponents_from`), scored like
+        sampled ones; only the other examples are sampled."""
         from accelerate.utils import gather_object
         from trl.models import unwrap_model_for_generation
 
@@ -70,6 +76,8 @@ class OpponentRollout:
         shard = list(range(rank, len(store), world))
         prompts = [store.prompts[i] for i in shard]
         reals = [store.reals[i] for i in shard]
+        supplied = supplied or {}
+        to_sample = [k for k, i in enumerate(shard) if i not in supplied]  # positions in the shard
         # ZeRO-3 with sharded weights: every forward is a collective, so all ranks run
         # the same number of batches; the padded results are dropped.
         lockstep = sharded_generation(accelerator, model_wrapped, self.gather)
@@ -87,17 +95,29 @@ class OpponentRollout:
             with unwrap_model_for_generation(model_wrapped, accelerator) as model:
                 self.sampler.sync_weights(model, version=iteration)
         with unwrap_model_for_generation(model_wrapped, accelerator, gather_deepspeed3_params=self.gather) as model:
-            sampled = self.sampler.sample(
-                model,
-                prompts if self.sampler.on_server else pad(prompts, store.prompts[0]),
-                self.spec,
-                seed=seed,
-                synced_gpus=lockstep,
-                show_progress=accelerator.is_main_process,
-                description="self-play: generating opponents",
-            )[: len(prompts)]
+            to_prompt = [prompts[k] for k in to_sample]
+            if not self.sampler.on_server:
+                to_prompt = pad(to_prompt, store.prompts[0])
+            samples = (
+                self.sampler.sample(
+                    model,
+                    to_prompt,
+                    self.spec,
+                    seed=seed,
+                    synced_gpus=lockstep,
+                    show_progress=accelerator.is_main_process,
+                    description="self-play: generating opponents",
+                )
+                if to_prompt
+                else []
+            )
+            responses = dict(zip(to_sample, samples))  # the lockstep padding's samples fall off
+            for k, i in enumerate(shard):
+                if i in supplied:  # cut at the end of turn, as sampling does
+                    responses[k] = cut_at_eos(list(supplied[i]), self.sampler.eos_token_ids)
             pools, new = [], []
-            for i, real, (tokens, truncated) in zip(shard, reals, sampled):
+            for k, (i, real) in enumerate(zip(shard, reals)):
+                tokens, truncated = responses[k]
                 opponent = Opponent(
                     iteration,
                     tokens,
@@ -124,6 +144,7 @@ class OpponentRollout:
             if self.kl_to_base > 0:
                 base_real = self._score_under_starting_model(model, prompts, reals, ref_real, base_real, new, at_start, pad)
 
+        self.sampled, self.supplied = len(to_sample), len(shard) - len(to_sample)  # this rank's, for the log
         part = [(shard, ref_real, base_real, pools)]
         gathered = gather_object(part) if world > 1 else part
         result = IterationOpponents(iteration, [0.0] * len(store), [None] * len(store), [[] for _ in range(len(store))])

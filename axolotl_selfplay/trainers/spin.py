@@ -6,12 +6,17 @@ Flow, top to bottom:
    index column the collator passes through.
 2. `begin_iteration` (at the first epoch of each iteration): the current policy
    θ_t becomes the opponent. The rollout (rollouts/spin.py) samples y', scores
-   lp_θt(y|x) and lp_θt(y'|x), and the result is installed in the store.
+   lp_θt(y|x) and lp_θt(y'|x), and the result is installed in the store; the
+   evaluation rows (`val_set_size` / `test_datasets`) get their own opponents the
+   same way. The learning-rate schedule restarts and the optimizer state is
+   reset (schedule.py, `begin_iteration_schedule`).
 3. `compute_loss`: joins the batch's examples with their opponents (all pooled
    ones, or one drawn uniformly for fictitious play), runs ONE forward over
    [real; generated], mixes the reference toward θ_0 when `kl_to_base` > 0, and
-   applies the SPIN or χ² loss (losses.py). Generation never happens here.
-4. `_save_checkpoint` saves the store beside the checkpoint; `train` loads it
+   applies the SPIN or χ² loss (losses.py), plus `sft_weight` × the real
+   responses' NLL. Generation never happens here. `prediction_step` computes the
+   same on the evaluation rows.
+4. `_save_checkpoint` saves the stores beside the checkpoint; `train` loads them
    when resuming, so a resumed run keeps its opponents.
 
 Where this departs from the paper's released code (uclaml/SPIN):
@@ -46,23 +51,33 @@ from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples, missing_end_of_turn_warning
 from ..generation import end_of_turn_ids
 from ..guard import WeightsGuard, check_finite
-from ..logprobs import sequence_logps
+from ..logprobs import token_logps
 from ..losses import (
     mean_over_candidates,
     mix_reference,
+    sft_nll,
     spin_chi2_batch_loss,
     spin_chi2_identical_loss,
     spin_chi2_loss,
     spin_loss,
 )
 from ..modeling import disable_dropout
-from ..opponent import OpponentStore
+from ..opponent import EVAL_STATE_FILE, STATE_FILE, OpponentStore
+from ..opponent_data import take_supplied_opponents
 from ..reference import StartingModel
 from ..rollouts.spin import OpponentRollout
 from ..sampling import Sampler, SamplingSpec
+from ..schedule import (
+    IterationSchedule,
+    at_iteration_start,
+    find_iteration_schedule,
+    iteration_warmup_steps,
+    reset_optimizer_state,
+)
 from ..vllm_backend import connect_vllm_server
 
 LOG = get_logger(__name__)
+EVAL_SEED_OFFSET = 7919  # the evaluation rows' opponents are sampled with their own seed
 
 
 class SelfPlayTrainer(AxolotlTrainer):
@@ -75,10 +90,19 @@ class SelfPlayTrainer(AxolotlTrainer):
         super().__init__(*args, **kwargs)
         # We compute a per-pair mean; let HF scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
+        # iteration 0's y' given by `selfplay.opponents_from` (opponent_data.py)
+        self.train_dataset, self.supplied_opponents = take_supplied_opponents(self.train_dataset)
         prompts, reals = build_examples(self.train_dataset)
         self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(prompts))))
         # `history` is set in train(): Axolotl attaches the config after construction.
         self.opponents = OpponentStore(prompts, reals)
+        # Evaluation rows get opponents of their own at every iteration (`prediction_step`).
+        self.eval_opponents = None
+        if self.eval_dataset is not None:
+            eval_prompts, eval_reals = build_examples(self.eval_dataset)
+            self.eval_dataset = self.eval_dataset.add_column(INDEX_COLUMN, list(range(len(eval_prompts))))
+            self.eval_opponents = OpponentStore(eval_prompts, eval_reals)
+        self._schedule_iteration = None  # the iteration whose schedule and optimizer were started
         tokenizer = self.processing_class
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = self._eos_token_ids()
@@ -117,17 +141,24 @@ class SelfPlayTrainer(AxolotlTrainer):
             batch_size=sp.generation.batch_size,
             server=connect_vllm_server(self),
         )
-        self.opponent_rollout = OpponentRollout(
-            self.opponents,
-            sampler,
-            SamplingSpec.from_config(sp.generation),
-            self.accelerator,
-            self.starting_model,
-            kl_to_base=sp.kl_to_base,
-            batch_size=sp.generation.batch_size,
-            gather_deepspeed3_params=sp.generation.ds3_gather_for_generation,
-            seed=self.args.seed,
-        )
+
+        def rollout(store, seed):
+            return OpponentRollout(
+                store,
+                sampler,
+                SamplingSpec.from_config(sp.generation),
+                self.accelerator,
+                self.starting_model,
+                kl_to_base=sp.kl_to_base,
+                batch_size=sp.generation.batch_size,
+                gather_deepspeed3_params=sp.generation.ds3_gather_for_generation,
+                seed=seed,
+            )
+
+        self.opponent_rollout = rollout(self.opponents, self.args.seed)
+        if self.eval_opponents is not None:
+            self.eval_opponents.history = sp.history  # the same objective as training
+            self.eval_rollout = rollout(self.eval_opponents, self.args.seed + EVAL_SEED_OFFSET)
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint
@@ -142,6 +173,8 @@ class SelfPlayTrainer(AxolotlTrainer):
                     "iteration will be regenerated by the resumed model",
                     checkpoint,
                 )
+            if self.eval_opponents is not None:
+                self.eval_opponents.load(checkpoint, EVAL_STATE_FILE)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial, **kwargs):
@@ -149,8 +182,53 @@ class SelfPlayTrainer(AxolotlTrainer):
         if self.args.should_save:
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self.opponents.save(os.path.join(self._get_output_dir(trial=trial), folder))
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.opponents.save(folder, STATE_FILE)
+            if self.eval_opponents is not None:
+                self.eval_opponents.save(folder, EVAL_STATE_FILE)
+
+    # -- the learning-rate schedule and the optimizer, per iteration (schedule.py) --
+
+    def set_initial_training_values(self, args, dataloader, *rest):
+        values = super().set_initial_training_values(args, dataloader, *rest)
+        self._steps_per_epoch = values[1]  # HF's num_update_steps_per_epoch
+        return values
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        """Axolotl's scheduler, wrapped in an IterationSchedule: built for one iteration's
+        steps (and warm-up) when `restart_schedule` is on, scaled by `learning_rates`."""
+        sp = self.selfplay_config
+        if self.lr_scheduler is not None or not (sp.restart_schedule or sp.learning_rates):
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        if sp.restart_schedule:
+            per_epoch = getattr(self, "_steps_per_epoch", None) or num_training_steps // (sp.iterations * sp.epochs_per_iteration)
+            steps = max(1, per_epoch * sp.epochs_per_iteration)
+            whole_run_warmup = self.args.warmup_steps
+            self.args.warmup_steps = iteration_warmup_steps(self.axolotl_cfg, steps)
+            try:
+                inner = super().create_scheduler(steps, optimizer)
+            finally:
+                self.args.warmup_steps = whole_run_warmup
+        else:
+            inner = super().create_scheduler(num_training_steps, optimizer)
+        scales = [lr / self.args.learning_rate for lr in sp.learning_rates] if sp.learning_rates else None
+        self.lr_scheduler = IterationSchedule(inner, optimizer, restart=sp.restart_schedule, scales=scales)
+        return self.lr_scheduler
+
+    def begin_iteration_schedule(self, iteration: int, fresh: bool) -> None:
+        """Enter `iteration` on the schedule; `fresh`: none of its optimizer steps has been
+        taken yet (a run resumed mid-iteration continues with the checkpoint's schedule
+        position and optimizer state instead)."""
+        if self._schedule_iteration == iteration:
+            return
+        self._schedule_iteration = iteration
+        schedule = find_iteration_schedule(self.lr_scheduler)
+        if schedule is not None:
+            schedule.begin_iteration(iteration, restart=fresh)
+        if fresh and iteration > 0 and self.selfplay_config.reset_optimizer:
+            count = reset_optimizer_state(self.optimizer)
+            LOG.info("self-play iteration %d: optimizer state of %d parameters reset", iteration, count)
 
     # -- iterations ----------------------------------------------------------------
 
@@ -158,37 +236,67 @@ class SelfPlayTrainer(AxolotlTrainer):
         """Make the current policy θ_t the opponent: sample and score y' on every rank,
         install the result in the store, export the pairs."""
         at_start = self.state.global_step == 0 and self.opponents.iteration == -1
-        result = self.opponent_rollout(self.model_wrapped, iteration, at_start)
+        supplied = self.supplied_opponents if iteration == 0 else None
+        result = self.opponent_rollout(self.model_wrapped, iteration, at_start, supplied)
         self.opponents.set_iteration(result.iteration, result.ref_logp_real, result.pools, result.base_logp_real)
-        if self.accelerator.is_main_process:
-            path = os.path.join(self.args.output_dir, "selfplay", f"iter_{iteration}.jsonl")
-            tokenizer = self.processing_class
-            self.opponents.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+        self._export(self.opponents, f"iter_{iteration}.jsonl")
         self.log_refresh_summary()
+        if supplied:
+            LOG.info(
+                "self-play iteration 0: %d opponents from `selfplay.opponents_from`, %d generated (this rank)",
+                self.opponent_rollout.supplied,
+                self.opponent_rollout.sampled,
+            )
+        if self.eval_opponents is not None:
+            # One more generation pass, over the evaluation rows, with the same θ_t.
+            result = self.eval_rollout(self.model_wrapped, iteration, at_start)
+            self.eval_opponents.set_iteration(result.iteration, result.ref_logp_real, result.pools, result.base_logp_real)
+            self._export(self.eval_opponents, f"eval_iter_{iteration}.jsonl")
+
+    def _export(self, store: OpponentStore, name: str) -> None:
+        if self.accelerator.is_main_process:
+            tokenizer = self.processing_class
+            path = os.path.join(self.args.output_dir, "selfplay", name)
+            store.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
 
     # -- loss ------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if INDEX_COLUMN not in inputs:
-            # Evaluation batches come from Axolotl's default collator: report the
-            # SFT loss of the real responses.
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = self._selfplay_loss(model, self.opponents, inputs[INDEX_COLUMN].tolist(), "train")
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the training objective on the held-out rows, against the opponents
+        θ_t generated for them at the start of the iteration; `eval_*` metrics."""
+        if self.eval_opponents is None or self.eval_opponents.iteration < 0:
+            raise RuntimeError(
+                "self-play evaluation runs inside `train()`: the evaluation rows get their opponents when an "
+                "iteration starts"
+            )
+        with torch.no_grad():
+            loss, _ = self._selfplay_loss(model, self.eval_opponents, inputs[INDEX_COLUMN].tolist(), "eval")
+        return loss.detach(), None, None
+
+    def _selfplay_loss(self, model, store: OpponentStore, examples: list[int], train_eval: str):
+        """The batch loss of `examples` (rows of `store`) and the model outputs; stores the metrics."""
         sp = self.selfplay_config
-        examples = inputs[INDEX_COLUMN].tolist()
         # Fictitious play draws opponents with an RNG keyed by (seed, step, batch),
         # so a resumed run draws the same ones.
-        rng = random.Random(hash((self.args.seed, self.state.global_step, tuple(examples))))
-        selection = self.opponents.pairs(examples, sp.opponent_mixture, rng)
+        key = (self.args.seed, self.state.global_step, tuple(examples))
+        rng = random.Random(hash(key if train_eval == "train" else ("eval", *key)))
+        selection = store.pairs(examples, sp.opponent_mixture, rng)
         pairs = selection.pairs
-        batch = pair_batch(self.opponents, examples, pairs, self.pad_token_id)
+        batch = pair_batch(store, examples, pairs, self.pad_token_id)
         device = self.accelerator.device
         batch = {k: v.to(device) for k, v in batch.items()}
-        if hasattr(self, "_accumulate_token_counts") and self.args.include_tkps:
+        if train_eval == "train" and hasattr(self, "_accumulate_token_counts") and self.args.include_tkps:
             self._accumulate_token_counts({"labels": batch["labels"]})
 
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        logps = sequence_logps(outputs.logits, batch["labels"])
+        per_token, mask = token_logps(outputs.logits, batch["labels"])
+        logps = per_token.sum(-1)  # (B + P,): sums over each response's tokens
         all_real_logps = logps[: len(examples)]  # (B,): one per example
+        real_tokens = mask[: len(examples)].sum(-1)  # (B,)
         ref_real = mix_reference(batch["ref_real_logps"], batch.get("base_real_logps"), sp.kl_to_base)  # (B,)
         real_logps = all_real_logps[batch["real_row"]]  # (P,): the real side of each pair
         generated_logps = logps[len(examples) :]
@@ -219,19 +327,23 @@ class SelfPlayTrainer(AxolotlTrainer):
             # zero gradient, as in the official recipe (see mean_over_candidates).
             constant = {"sigmoid": math.log(2), "hinge": 1.0}[sp.loss_type]
             loss = mean_over_candidates(losses, selection.slots - len(pairs), constant)
+        if sp.sft_weight > 0:
+            loss = loss + sp.sft_weight * sft_nll(all_real_logps, real_tokens)
         if not pairs:
             # Every opponent of this batch is identical to its y: keep every parameter in
             # the graph (a zero-gradient term), so all ranks run the same backward.
             loss = loss + logps.sum() * 0.0
         self._store_pair_metrics(
-            selection.counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples
+            selection.counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples,
+            (all_real_logps.detach().sum(), real_tokens.sum()), train_eval,
         )
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs
 
     # -- metrics ---------------------------------------------------------------
 
     def _store_pair_metrics(
-        self, counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples
+        self, counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples,
+        real_token_sums, train_eval="train",
     ):
         """Sums over this rank's pairs, reduced over ranks, then averaged per pair. A
         non-finite loss, log-prob or reward on any rank stops training on every rank."""
@@ -254,6 +366,8 @@ class SelfPlayTrainer(AxolotlTrainer):
                 counts["identical"],
                 counts["empty"],
                 counts["candidates"],
+                float(real_token_sums[0]),  # every real response of the batch: Σ lp_θ(y), Σ |y|
+                float(real_token_sums[1]),
             ],
             dtype=torch.float64,
             device=self.accelerator.device,
@@ -261,13 +375,14 @@ class SelfPlayTrainer(AxolotlTrainer):
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
         (loss_sum, penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty,
-         candidates) = sums.tolist()
-        check_finite(
-            {"loss": loss_sum, "logps/real": lp_real, "logps/generated": lp_gen, "rewards/real": r_real,
-             "rewards/generated": r_gen, "chi2/penalty": penalty},
-            self.state.global_step + 1,
-            f"self-play iteration {self.opponents.iteration}; this rank's examples {examples}",
-        )
+         candidates, real_token_logps, real_tokens) = sums.tolist()
+        if train_eval == "train":
+            check_finite(
+                {"loss": loss_sum, "logps/real": lp_real, "logps/generated": lp_gen, "rewards/real": r_real,
+                 "rewards/generated": r_gen, "chi2/penalty": penalty},
+                self.state.global_step + 1,
+                f"self-play iteration {self.opponents.iteration}; this rank's examples {examples}",
+            )
         per_pair = max(n, 1.0)
         metrics = {
             "rewards/real": r_real / per_pair,
@@ -276,16 +391,20 @@ class SelfPlayTrainer(AxolotlTrainer):
             "rewards/accuracies": acc / per_pair,
             "logps/real": lp_real / per_pair,
             "logps/generated": lp_gen / per_pair,
+            "nll/real": -real_token_logps / max(real_tokens, 1.0),
             "opponent/length": tokens / per_pair,
             "opponent/truncated_frac": truncated / per_pair,
             "opponent/identical_frac": identical / max(candidates, 1.0),
             "opponent/empty_frac": empty / per_pair,
             "opponent/age": age / per_pair,
-            "selfplay/iteration": float(self.opponents.iteration),
         }
         if penalties is not None:
             metrics["chi2/penalty"] = penalty / per_pair
-        self.store_metrics(metrics)
+        if train_eval == "train":
+            metrics["selfplay/iteration"] = float(self.opponents.iteration)
+        else:  # Axolotl logs stored metrics under the names given
+            metrics = {f"eval_{name}": value for name, value in metrics.items()}
+        self.store_metrics(metrics, train_eval=train_eval)
 
     def log_refresh_summary(self) -> None:
         pool = [o for p in self.opponents.pool for o in p if o.iteration == self.opponents.iteration]
@@ -304,18 +423,28 @@ class SelfPlayTrainer(AxolotlTrainer):
 
 class _IterationBoundary(TrainerCallback):
     """Starts iteration t at the first epoch of its E epochs (epochs are grouped E
-    per iteration). On resume the store of the checkpoint already holds the current
-    iteration, so nothing is regenerated (that would make the half-trained model
-    the opponent)."""
+    per iteration): opponents, then the schedule and the optimizer. On resume the
+    store of the checkpoint already holds the current iteration, so nothing is
+    regenerated (that would make the half-trained model the opponent), and the
+    schedule and optimizer state are the checkpoint's.
+
+    Also at `on_train_begin`, so that `eval_on_start` finds the evaluation rows'
+    opponents (both calls do the same; the second finds the work done)."""
 
     def __init__(self, trainer: SelfPlayTrainer):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         sp = self.trainer.selfplay_config
-        iteration = iteration_of_epoch(state.epoch or 0.0, sp.epochs_per_iteration)
-        if iteration < sp.iterations and self.trainer.opponents.iteration != iteration:
+        epoch = state.epoch or 0.0
+        iteration = iteration_of_epoch(epoch, sp.epochs_per_iteration)
+        if iteration >= sp.iterations:
+            return
+        if self.trainer.opponents.iteration != iteration:
             self.trainer.begin_iteration(iteration)
+        self.trainer.begin_iteration_schedule(iteration, at_iteration_start(epoch, iteration, sp.epochs_per_iteration))
+
+    on_train_begin = on_epoch_begin
 
 
 def iteration_of_epoch(epoch: float, epochs_per_iteration: int) -> int:
