@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 
 import pytest
-from conftest import REPO, axolotl_train, base_config, read_jsonl
+from conftest import DEMO_DATA, REPO, axolotl_train, base_config, read_jsonl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is installed by scripts/setup_env.sh")
@@ -29,6 +30,10 @@ ZERO = {
 }
 FP32_AUTO = {"bf16": {"enabled": False}, "fp16": {"enabled": False}, "gradient_accumulation_steps": "auto",
              "gradient_clipping": "auto", "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}
+# DeepSpeed's own optimizer (torch's AdamW on CPU): HF then hands the scheduler to DeepSpeed's
+# engine, which steps it (accelerate's DummyScheduler path), instead of stepping it itself
+DS_OPTIMIZER = {"optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                          "weight_decay": "auto", "torch_adam": True}}}
 
 
 def _free_port() -> int:
@@ -40,8 +45,10 @@ def _free_port() -> int:
 # ZeRO-3 without gathering: generate with synced_gpus; small batches make the ranks'
 # scoring lists uneven, which the lockstep padding must absorb
 SHARDED_GENERATION = {"iterations": 2, "generation": {"max_new_tokens": 12, "batch_size": 8, "ds3_gather_for_generation": False}}
+# with per-iteration peak learning rates, and evaluation rows (`test_datasets`) that get
+# opponents of their own at every iteration
 CHI2 = {"iterations": 2, "kl_to_base": 0.5, "opponent_mixture": "uniform", "history": 2,
-        "generation": {"max_new_tokens": 12, "batch_size": 32}}
+        "learning_rates": [1e-3, 5e-4], "generation": {"max_new_tokens": 12, "batch_size": 32}}
 
 
 @pytest.mark.parametrize(
@@ -56,13 +63,19 @@ CHI2 = {"iterations": 2, "kl_to_base": 0.5, "opponent_mixture": "uniform", "hist
     ids=["ddp-spin", "zero2-spin", "zero3-spin", "zero3-spin_chi2-kl-uniform", "zero3-spin-sharded-generation"],
 )
 def test_two_processes(mode, rl, selfplay, tmp_path, tiny_model_dir):
-    # 64 rows / (8 x 2 ranks) = 4 steps per iteration
-    overrides = {"ddp_timeout": 60, "micro_batch_size": 8, "rl": rl}
+    # 64 rows / (8 x 2 ranks) = 4 steps per iteration; the linear schedule restarts with each
+    overrides = {"ddp_timeout": 60, "micro_batch_size": 8, "rl": rl, "lr_scheduler": "linear"}
     if selfplay:
         overrides["selfplay"] = selfplay
+    if selfplay is CHI2:
+        heldout = tmp_path / "heldout.jsonl"
+        heldout.write_text("".join(DEMO_DATA.read_text().splitlines(keepends=True)[:16]))
+        entry = {"path": str(heldout), "split": "train", "type": "chat_template", "field_messages": "messages",
+                 "roles_to_train": ["assistant"], "train_on_eos": "turn"}
+        overrides.update({"test_datasets": [entry], "eval_steps": 4, "eval_batch_size": 8})
     if mode != "ddp":
         ds_config = tmp_path / f"{mode}.json"
-        ds_config.write_text(json.dumps({**ZERO[mode], **FP32_AUTO}))
+        ds_config.write_text(json.dumps({**ZERO[mode], **FP32_AUTO, **(DS_OPTIMIZER if mode == "zero2" else {})}))
         overrides["deepspeed"] = str(ds_config)
     cfg = base_config(tiny_model_dir, tmp_path, **overrides)
     dumps = tmp_path / "stores"
@@ -79,6 +92,12 @@ def test_two_processes(mode, rl, selfplay, tmp_path, tiny_model_dir):
     # every rank generated its shard and received the others': identical stores
     stores = [json.loads((dumps / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert stores[0] == stores[1] and stores[0]["examples"] == 64 and stores[0]["iteration"] == 1
+    # the schedule restarts at iteration 1 (with its own peak for CHI2); each rank's optimizer
+    # state (under ZeRO: its flat partitions') is reset there, reached through every wrapper
+    lrs = dict(run.scalars("train/learning_rate"))
+    assert lrs[4] < lrs[1] and lrs[5] == pytest.approx(lrs[1] * (0.5 if selfplay is CHI2 else 1.0), rel=1e-6)
+    reset = re.search(r"self-play iteration 1: optimizer state of (\d+) parameters reset", run.output)
+    assert reset and int(reset.group(1)) > 0
     rows = read_jsonl(run.output_dir / "selfplay" / "iter_1.jsonl")
     assert len(rows) == 64 and all(r["ref_logp_real"] < 0 for r in rows)
     losses = dict(run.scalars("train/loss"))
@@ -90,6 +109,13 @@ def test_two_processes(mode, rl, selfplay, tmp_path, tiny_model_dir):
         first = read_jsonl(run.output_dir / "selfplay" / "iter_0.jsonl")
         # θ_0 swapped in under ZeRO-3 scores y exactly as θ_t did at iteration 0
         assert [r["base_logp_real"] for r in rows] == pytest.approx([r["ref_logp_real"] for r in first], abs=1e-3)
+        # evaluation: the held-out rows' opponents, sharded and gathered like the training ones;
+        # the χ² objective on them is 0 before any step, metrics summed over both ranks' batches
+        assert stores[0]["eval_digest"] is not None
+        assert len(read_jsonl(run.output_dir / "selfplay" / "eval_iter_1.jsonl")) == 16
+        eval_loss = dict(run.scalars("eval/loss"))
+        assert sorted(eval_loss) == [0, 4, 8] and eval_loss[0] == pytest.approx(0.0, abs=1e-5)
+        assert sorted(dict(run.scalars("eval/rewards/margins"))) == [0, 4, 8]
     assert (run.output_dir / "model.safetensors").exists()
     sharded = "generating with sharded weights" in run.output
     assert sharded == (selfplay is SHARDED_GENERATION)

@@ -62,15 +62,17 @@ def test_spin_chi2_lora_with_regularisers(tmp_path, dropout_model_dir):
     assert moved and all(moved.values()), [n for n, m in moved.items() if not m]
 
 
-def test_spin_chi2_first_loss_of_each_iteration_is_zero(tmp_path, dropout_model_dir):
-    """Without kl_to_base the reference is θ_t, so r⁺ = r⁻ = 0 at every iteration start
-    (full fine-tuning of a model whose config carries attention dropout)."""
-    selfplay = {"iterations": 2, "generation": {"max_new_tokens": 12, "batch_size": 32}}
+def test_spin_chi2_first_loss_of_each_iteration_is_the_sft_term(tmp_path, dropout_model_dir):
+    """Without kl_to_base the reference is θ_t, so r⁺ = r⁻ = 0 at every iteration start and
+    the χ² loss is 0: what is logged is `sft_weight` × the real responses' NLL (full
+    fine-tuning of a model whose config carries attention dropout)."""
+    selfplay = {"iterations": 2, "sft_weight": 0.5, "generation": {"max_new_tokens": 12, "batch_size": 32}}
     cfg = base_config(dropout_model_dir, tmp_path, rl="spin_chi2", selfplay=selfplay)
     run = train_in_process(cfg, tmp_path / "c.yml")
-    losses = dict(run.scalars("train/loss"))
-    assert losses[1] == pytest.approx(0.0, abs=1e-5)
-    assert losses[1 + STEPS_PER_ITERATION] == pytest.approx(0.0, abs=1e-5)
-    assert losses[STEPS_PER_ITERATION] < -0.01  # the linear reward term pulls the loss below 0
+    losses, nll = dict(run.scalars("train/loss")), dict(run.scalars("train/nll/real"))
+    assert losses[1] == pytest.approx(0.5 * nll[1], abs=1e-4) and nll[1] > 1.0
+    assert losses[1 + STEPS_PER_ITERATION] == pytest.approx(0.5 * nll[1 + STEPS_PER_ITERATION], abs=1e-4)
+    # the linear reward term pulls the χ² part below 0
+    assert losses[STEPS_PER_ITERATION] - 0.5 * nll[STEPS_PER_ITERATION] < -0.01
     # the rewards stay inside the χ² bound [-1/(2c(1-α)), 1/(2cα)] = [-2, 2]
     assert all(abs(row[k]) <= 2.0 for row in run.logs() for k in ("rewards/real", "rewards/generated"))

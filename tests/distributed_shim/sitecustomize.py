@@ -22,8 +22,9 @@ shared/research/deepspeed_cpu.md; none is needed on GPUs):
    storage"): gather each DTensor with `full_tensor()` instead.
 It also skips DeepSpeed's JIT build of an inference-only shared-memory op (45 s).
 
-With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent store
-to DIR/rank{RANK}.json when training ends, so a test can check all ranks agree.
+With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent stores
+(training and evaluation rows) to DIR/rank{RANK}.json when training ends, so a test
+can check all ranks agree.
 """
 
 import functools
@@ -140,13 +141,20 @@ if "LOCAL_RANK" in os.environ:
             result = _train(self, *args, **kwargs)
             store = getattr(self, "opponents", None)
             if store is not None:
-                digest = hashlib.sha256(json.dumps(store.state_dict(), sort_keys=True).encode()).hexdigest()
+
+                def digest_of(store):
+                    if store is None:
+                        return None
+                    return hashlib.sha256(json.dumps(store.state_dict(), sort_keys=True).encode()).hexdigest()
+
+                digest = digest_of(store)
                 path = os.path.join(os.environ["SELFPLAY_TEST_STORE_DUMP"], f"rank{os.environ['RANK']}.json")
                 # FSDP2 shards parameters as DTensors: record that the policy really was sharded
                 sharded = any(hasattr(p, "to_local") for p in self.model.parameters())
                 with open(path, "w") as f:
                     json.dump(
-                        {"iteration": store.iteration, "examples": len(store), "digest": digest, "fsdp_sharded": sharded},
+                        {"iteration": store.iteration, "examples": len(store), "digest": digest, "fsdp_sharded": sharded,
+                         "eval_digest": digest_of(getattr(self, "eval_opponents", None))},
                         f,
                     )
             return result
