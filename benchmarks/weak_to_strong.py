@@ -30,7 +30,10 @@ Per seed:
    - `spin` and `spin_chi2` at β 0.1 and β 1;
    - `+reg` (β 0.1): both regularisers of arXiv 2404.04291 on, KL toward θ0
      (`kl_to_base`) and fictitious play against all past iterates
-     (`history: K`, `opponent_mixture: uniform`).
+     (`history: K`, `opponent_mixture: uniform`);
+   - `+sft` (β 0.1): SPIN plus 1 × the real answer's NLL (`sft_weight: 1`, RPO).
+   Every self-play arm keeps one optimizer over its K iterations
+   (`reset_optimizer: false`), like continued SFT.
 3. At every iteration boundary (a checkpoint): held-out and training exact
    match (greedy) and the held-out mean log-prob of the real answer; per
    self-play iteration the largest logged batch mean |reward| and the fraction
@@ -115,6 +118,7 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, problems, batch_size: int = 2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_selfplay.generation import generate_responses, score_responses
+    from axolotl_selfplay.sampling import SamplingSpec
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
@@ -131,10 +135,7 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, problems, batch_size: int = 2
         prompts,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_ids={tokenizer.eos_token_id},
-        max_new_tokens=6,
-        do_sample=False,
-        temperature=1.0,
-        top_p=1.0,
+        spec=SamplingSpec.greedy(max_new_tokens=6),
         batch_size=batch_size,
         seed=0,
     )
@@ -256,6 +257,8 @@ ARMS = {
         "spin_chi2",
         {"beta": 0.1, "kl_to_base": 0.5, "history": ITERATIONS, "opponent_mixture": "uniform"},
     ),
+    # the SFT term (`sft_weight`, TRL's rpo_alpha): λ = 1 × the real answer's token-mean NLL
+    "spin β0.1 +sft": ("spin", {"beta": 0.1, "sft_weight": 1.0}),
 }
 
 
@@ -271,6 +274,9 @@ def run_arm(arm: str, start: Path, tokenizer: Path, out: Path, data: Path, seed:
         cfg["selfplay"] = {
             "iterations": ITERATIONS,
             "epochs_per_iteration": args.epochs_per_iteration,
+            # One AdamW over all K iterations, as the continued-SFT arm has (and as every arm of
+            # RESULTS.md was measured); the lr is constant, so the schedule's restart changes nothing.
+            "reset_optimizer": False,
             **overrides,
             "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_size": 256},
         }
