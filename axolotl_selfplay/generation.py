@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .logprobs import pad_sequences, token_logps
+from .logprobs import model_token_logps, pad_sequences
 from .sampling import SamplingSpec, neutral_generation_config
 
 
@@ -166,12 +166,12 @@ def _scored_batches(model, prompts, responses, *, pad_token_id, batch_size, desc
         with _progress(len(prompts), description, show_progress) as bar:
             for batch in _length_sorted_batches(lengths, batch_size):
                 padded = pad_sequences([prompts[i] for i in batch], [responses[i] for i in batch], pad_token_id)
-                logits = model(
-                    input_ids=padded["input_ids"].to(device),
-                    attention_mask=padded["attention_mask"].to(device),
-                    use_cache=False,
-                ).logits
-                logps, mask = token_logps(logits, padded["labels"].to(device))
+                logps, mask = model_token_logps(
+                    model,
+                    padded["input_ids"].to(device),
+                    padded["attention_mask"].to(device),
+                    padded["labels"].to(device),
+                )
                 yield batch, logps, mask
                 bar.update(len(batch))
     finally:

@@ -46,7 +46,7 @@ from ..collator import INDEX_COLUMN, pair_batch
 from ..data import build_examples, missing_end_of_turn_warning
 from ..generation import end_of_turn_ids
 from ..guard import WeightsGuard, check_finite
-from ..logprobs import sequence_logps
+from ..logprobs import model_token_logps
 from ..losses import (
     mean_over_candidates,
     mix_reference,
@@ -186,8 +186,9 @@ class SelfPlayTrainer(AxolotlTrainer):
         if hasattr(self, "_accumulate_token_counts") and self.args.include_tkps:
             self._accumulate_token_counts({"labels": batch["labels"]})
 
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        logps = sequence_logps(outputs.logits, batch["labels"])
+        # log-probs at the response positions only, never the (B + P, T, V) logits (head_logps.py)
+        token_logps, _ = model_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        logps = token_logps.sum(-1)
         all_real_logps = logps[: len(examples)]  # (B,): one per example
         ref_real = mix_reference(batch["ref_real_logps"], batch.get("base_real_logps"), sp.kl_to_base)  # (B,)
         real_logps = all_real_logps[batch["real_row"]]  # (P,): the real side of each pair
@@ -226,7 +227,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         self._store_pair_metrics(
             selection.counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples
         )
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"logps": logps}) if return_outputs else loss
 
     # -- metrics ---------------------------------------------------------------
 
