@@ -62,6 +62,6 @@ def pad_sequences(
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
         row = list(prompt) + list(response)
         input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        labels[i, len(prompt) : len(row)] = torch.tensor(response, dtype=torch.long)
+        labels[i, len(prompt) : len(row)] = torch.tensor(list(response), dtype=torch.long)
         attention_mask[i, : len(row)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -10,11 +10,13 @@ from axolotl_selfplay.head_logps import POST_PROCESSING, head_for, model_token_l
 from axolotl_selfplay.logprobs import IGNORE_INDEX, token_logps
 
 VOCAB = 97
-SMALL = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)
-MOE = dict(num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16)
+SMALL = {
+    "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+MOE = {"num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+       "shared_expert_intermediate_size": 16}
 # Post-processing strong enough that leaving it out would move every log-prob by far more than 1e-5.
 POST = {"gemma2": {"final_logit_softcapping": 0.5}, "gemma3_text": {"final_logit_softcapping": 0.5},
         "cohere": {"logit_scale": 0.25}, "granite": {"logits_scaling": 4.0}}

@@ -2,14 +2,15 @@
 
 Flow, top to bottom:
 1. `__init__`: split every tokenized training row into prompt x and real
-   response y (data.py), keep them in an OpponentStore, and give each row an
-   index column the collator passes through.
+   response y (data.py), keep them in an OpponentStore (each rank the tokens of
+   its own examples), and give each row an index column the collator passes through.
 2. `begin_iteration` (at the first epoch of each iteration): the current policy
    θ_t becomes the opponent. The rollout (rollouts/spin.py) samples y', scores
    lp_θt(y|x) and lp_θt(y'|x), and the result is installed in the store.
 3. `compute_loss`: joins the batch's examples with their opponents (all pooled
-   ones, or one drawn uniformly for fictitious play), runs ONE forward over
-   [real; generated], mixes the reference toward θ_0 when `kl_to_base` > 0, and
+   ones, or one drawn uniformly for fictitious play), fetching their tokens from
+   the ranks holding them, runs ONE forward over [real; generated] (log-probs at
+   the response positions only, head_logps.py), mixes the reference toward θ_0 when `kl_to_base` > 0, and
    applies the SPIN or χ² loss (losses.py). Generation never happens here.
 4. `_save_checkpoint` saves the store beside the checkpoint; `train` loads it
    when resuming, so a resumed run keeps its opponents.
@@ -43,7 +44,7 @@ from transformers import TrainerCallback
 
 from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
-from ..data import build_examples, missing_end_of_turn_warning
+from ..data import iter_examples, missing_end_of_turn_warning
 from ..generation import end_of_turn_ids
 from ..guard import WeightsGuard, check_finite
 from ..logprobs import model_token_logps
@@ -75,10 +76,13 @@ class SelfPlayTrainer(AxolotlTrainer):
         super().__init__(*args, **kwargs)
         # We compute a per-pair mean; let HF scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
-        prompts, reals = build_examples(self.train_dataset)
-        self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(prompts))))
-        # `history` is set in train(): Axolotl attaches the config after construction.
-        self.opponents = OpponentStore(prompts, reals)
+        # Each rank keeps the tokens of its own examples (opponent.py); `history` is set in
+        # train(): Axolotl attaches the config after construction.
+        rows = len(self.train_dataset)
+        self.opponents = OpponentStore.from_examples(
+            iter_examples(self.train_dataset), rows, rank=self.accelerator.process_index, world=self.accelerator.num_processes
+        )
+        self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(rows)))
         tokenizer = self.processing_class
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = self._eos_token_ids()
@@ -96,8 +100,7 @@ class SelfPlayTrainer(AxolotlTrainer):
 
     def _eos_token_ids(self) -> set[int]:
         ids = end_of_turn_ids(self.processing_class, self.accelerator.unwrap_model(self.model))
-        store = self.opponents
-        warning = missing_end_of_turn_warning(store.prompts, store.reals, ids, getattr(self.args, "max_seq_length", None))
+        warning = missing_end_of_turn_warning(self.opponents, ids, getattr(self.args, "max_seq_length", None))
         if warning:
             LOG.warning(warning)
         return ids
@@ -146,11 +149,11 @@ class SelfPlayTrainer(AxolotlTrainer):
 
     def _save_checkpoint(self, model, trial, **kwargs):
         super()._save_checkpoint(model, trial, **kwargs)
-        if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self.opponents.save(os.path.join(self._get_output_dir(trial=trial), folder))
+        # every rank takes part (the store's tokens are sharded); the main process writes
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.opponents.save(os.path.join(self._get_output_dir(trial=trial), folder))
 
     # -- iterations ----------------------------------------------------------------
 
@@ -160,10 +163,10 @@ class SelfPlayTrainer(AxolotlTrainer):
         at_start = self.state.global_step == 0 and self.opponents.iteration == -1
         result = self.opponent_rollout(self.model_wrapped, iteration, at_start)
         self.opponents.set_iteration(result.iteration, result.ref_logp_real, result.pools, result.base_logp_real)
-        if self.accelerator.is_main_process:
-            path = os.path.join(self.args.output_dir, "selfplay", f"iter_{iteration}.jsonl")
-            tokenizer = self.processing_class
-            self.opponents.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+        # every rank takes part (the store's tokens are sharded); the main process writes
+        path = os.path.join(self.args.output_dir, "selfplay", f"iter_{iteration}.jsonl")
+        tokenizer = self.processing_class
+        self.opponents.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
         self.log_refresh_summary()
 
     # -- loss ------------------------------------------------------------------
@@ -289,17 +292,16 @@ class SelfPlayTrainer(AxolotlTrainer):
         self.store_metrics(metrics)
 
     def log_refresh_summary(self) -> None:
-        pool = [o for p in self.opponents.pool for o in p if o.iteration == self.opponents.iteration]
-        n = max(len(pool), 1)
+        summary = self.opponents.summary(self.opponents.iteration)
         LOG.info(
             "self-play iteration %d: %d opponents, mean length %.1f, truncated %.1f%%, "
             "identical %.1f%%, empty %.1f%%",
             self.opponents.iteration,
-            len(pool),
-            sum(len(o.tokens) for o in pool) / n,
-            100 * sum(o.truncated for o in pool) / n,
-            100 * sum(o.status == "identical" for o in pool) / n,
-            100 * sum(o.empty for o in pool) / n,
+            summary["opponents"],
+            summary["length"],
+            100 * summary["truncated"],
+            100 * summary["identical"],
+            100 * summary["empty"],
         )
 
 
