@@ -7,11 +7,13 @@ same `max_new_tokens`, greedy decoding so the outputs are comparable:
 - `official-style`: fixed batches of prompts in dataset order, the tokenizer's
   left padding, `model.generate` (what uclaml/SPIN's generate.py does);
 - `ours`: `axolotl_selfplay.generation.generate_responses` (prompts sorted by
-  length, hand-made left padding, cut at the first end of turn).
+  length, hand-made left padding, rows that end their turn leave the running batch
+  and its KV cache, cut at the first end of turn).
 Reports useful tokens per second (generated tokens up to and including the
 first end of turn) and the useful-token efficiency: useful tokens / decode
-slots computed (rows × decode steps of every batch; a batch decodes until its
-longest response ends), i.e. how much of the work is padding. Each generator
+slots computed (rows × decode steps: official-style, every row of a batch until its
+longest response ends; ours, as the generator counts them), i.e. how much of the
+work is padding. Each generator
 runs `--repeats` times alternately; the median time is used. Ratios measured
 side by side are the result; absolute numbers on these shared CPUs are noise.
 
@@ -73,17 +75,15 @@ def official_style(model, tokenizer, prompts, batch_size, max_new_tokens):
 
 
 def ours(model, tokenizer, prompts, batch_size, max_new_tokens):
-    from axolotl_selfplay.generation import _length_sorted_batches, generate_responses
+    from axolotl_selfplay.generation import generate_responses
     from axolotl_selfplay.sampling import SamplingSpec
 
+    stats = {}  # decode slots as the generator computed them: ended rows leave the batch
     results = generate_responses(
         model, prompts, spec=SamplingSpec.greedy(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
-        eos_token_ids={tokenizer.eos_token_id}, batch_size=batch_size, seed=0,
+        eos_token_ids={tokenizer.eos_token_id}, batch_size=batch_size, seed=0, stats=stats,
     )
-    outputs = [tokens for tokens, _ in results]
-    # decode slots: each length-sorted batch runs until its longest response ends
-    slots = sum(len(b) * max(len(outputs[i]) for i in b) for b in _length_sorted_batches([len(p) for p in prompts], batch_size))
-    return outputs, slots
+    return [tokens for tokens, _ in results], stats["decode_slots"]
 
 
 def main() -> None:
