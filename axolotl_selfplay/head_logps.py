@@ -29,10 +29,10 @@ except that the weight gradient of a 16-bit lm_head is summed over chunks in flo
 
 The route is taken only where it is known to be exact (`head_for`): a model type in
 `POST_PROCESSING` (each tested against the plain route in tests/test_head_logps.py),
-its forward as transformers ships it (not patched by a kernel plugin), and an
-lm_head that is a plain `nn.Linear` (not a LoRA layer or `modules_to_save` copy, not
-quantized). Anything else — other architectures, vision-language models, remote
-code — takes the plain full-logits route, logged once per model.
+its forward as transformers ships it (not patched by a kernel plugin), not compiled,
+and an lm_head that is a plain `nn.Linear` (not a LoRA layer or `modules_to_save`
+copy, not quantized). Anything else — other architectures, vision-language models,
+remote code — takes the plain full-logits route, logged once per model.
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ def unwrap(model):
 def head_for(model) -> tuple[LabelledHead | None, str]:
     """(`LabelledHead`, "") when the hidden-state route is exact for `model`, else
     (None, why not)."""
+    if _compiled(model):
+        return None, "the model is compiled (torch.compile): swapping its lm_head's forward would recompile it"
     inner = unwrap(model)
     model_type = getattr(getattr(inner, "config", None), "model_type", None)
     if model_type not in POST_PROCESSING:
@@ -131,6 +133,14 @@ def head_for(model) -> tuple[LabelledHead | None, str]:
     if type(head) is not torch.nn.Linear or "forward" in vars(head):
         return None, f"its lm_head is a `{type(head).__name__}`, not a plain nn.Linear (LoRA, modules_to_save, quantized)"
     return LabelledHead(inner, head, POST_PROCESSING[model_type](inner)), ""
+
+
+def _compiled(model) -> bool:
+    while isinstance(model, torch.nn.Module):
+        if hasattr(model, "_orig_mod"):
+            return True
+        model = getattr(model, "module", None)
+    return False
 
 
 _reported: set[int] = set()

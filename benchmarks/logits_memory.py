@@ -51,18 +51,22 @@ def long_chats(path: Path, rows: int, seed: int = 0) -> None:
     with open(path, "w") as handle:
         for _ in range(rows):
             history = [m for conv in rng.sample(conversations, 5) for m in conv][:-1]
-            reply = " ".join(rng.sample(replies, 8))
+            reply = " ".join(rng.sample(replies, 16))
             handle.write(json.dumps({"messages": history + [{"role": "assistant", "content": reply}]}) + "\n")
 
 
 def big_vocabulary_model(model_dir: Path, vocab: int, hidden: int, layers: int) -> int:
-    """The tiny tokenizer with a Llama whose vocabulary is `vocab` (ids past the tokenizer's are never used)."""
+    """The tiny tokenizer grown to `vocab` tokens (`<t123>`-style added tokens, so any sampled id
+    decodes to text that encodes back to it) with a Llama of that vocabulary."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from axolotl_selfplay.cli import build_tiny_model
 
     build_tiny_model(str(model_dir), data_file=str(CHAT_DATA))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.add_tokens([f"<t{i}>" for i in range(len(tokenizer), vocab)])
+    tokenizer.save_pretrained(str(model_dir))
     config = LlamaConfig.from_pretrained(str(model_dir))
     config.update({"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers})
     torch.manual_seed(0)
@@ -83,6 +87,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--label", default="spin (hidden states, lm_head in chunks)", help="the spin row's name")
+    parser.add_argument("--spin-only", action="store_true", help="skip the dpo arm (e.g. to measure another checkout)")
     add_results_argument(parser)
     args = parser.parse_args()
     work = args.workdir.resolve()
@@ -109,37 +115,43 @@ def main() -> None:
                              for r in rows))
     lengths = {key: [len(tokenizer(r[key], add_special_tokens=False)["input_ids"]) for r in rows]
                for key in ("prompt", "real", "generated")}
-    dpo_out = work / "dpo" / "run"
-    cfg = axolotl_config(model, dpo_out, rl="dpo", rl_beta=0.1, datasets=[{"path": str(pairs), "type": "passthrough"}],
-                         plugins=None, **common)
-    dpo = axolotl_train(cfg, dpo_out.parent, measure_memory=True)
+    dpo = None
+    if not args.spin_only:
+        dpo_out = work / "dpo" / "run"
+        cfg = axolotl_config(model, dpo_out, rl="dpo", rl_beta=0.1,
+                             datasets=[{"path": str(pairs), "type": "passthrough"}], plugins=None, **common)
+        dpo = axolotl_train(cfg, dpo_out.parent, measure_memory=True)
 
     floor_kib = int(subprocess.run([sys.executable, "-c", PROCESS_FLOOR], capture_output=True, text=True,
                                    env=axolotl_env(), check=True).stdout.split()[-1])
     floor = floor_kib / 2**20 + 16 * params / 2**30  # fp32 weights, gradients, two AdamW moments
-    from axolotl_selfplay.head_logps import CHUNK_BYTES
+    try:
+        from axolotl_selfplay.head_logps import CHUNK_BYTES
 
-    chunk = CHUNK_BYTES // (4 * args.vocab)
+        chunk = f"lm_head chunk {CHUNK_BYTES // (4 * args.vocab)} positions"
+    except ImportError:  # a checkout from before head_logps.py
+        chunk = "full logits"
 
     def mean(values):
         return sum(values) / len(values)
 
-    rows_md = [
-        ["spin (hidden states, lm_head in chunks)", f"{spin.peak_rss_gib:.2f}"],
-        ["TRL DPOTrainer (live reference)", f"{dpo.peak_rss_gib:.2f}"],
-        ["**ratio spin / dpo**", f"**{spin.peak_rss_gib / dpo.peak_rss_gib:.2f}**"],
-        ["floor: one process + weights, gradients, AdamW moments", f"{floor:.2f}"],
-    ]
+    rows_md = [[args.label, f"{spin.peak_rss_gib:.2f}"]]
+    if dpo is not None:
+        rows_md += [
+            ["TRL DPOTrainer (live reference)", f"{dpo.peak_rss_gib:.2f}"],
+            ["**ratio spin / dpo**", f"**{spin.peak_rss_gib / dpo.peak_rss_gib:.2f}**"],
+        ]
+    rows_md.append(["floor: one process + weights, gradients, AdamW moments", f"{floor:.2f}"])
     text = (
         f"Llama with a {args.vocab}-token vocabulary, hidden {args.hidden} × {args.layers} layers "
         f"({params / 1e6:.1f}M parameters, fp32, AdamW, full fine-tuning), micro-batch {args.micro_batch} pairs, "
         f"{len(rows)} pairs; tokens per row: prompt {mean(lengths['prompt']):.0f}, real reply "
         f"{mean(lengths['real']):.0f}, generated reply {mean(lengths['generated']):.0f} (max {args.max_new_tokens}); "
-        f"lm_head chunk {chunk} positions. Measured on {machine()}.\n\n"
+        f"{chunk}. Measured on {machine()}.\n\n"
         + markdown_table(["arm", "peak RSS (GiB)"], rows_md)
         + "\n"
     )
-    write_results(args.results, "logits_memory", text)
+    write_results(args.results, "logits_memory" + ("_spin_only" if args.spin_only else ""), text)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,6 @@ def test_fallback_when_a_plugin_patched_the_forward(monkeypatch):
     monkeypatch.setattr(LlamaForCausalLM, "forward", patched_forward)
     head, why = head_for(model)
     assert head is None and "patched" in why
+    monkeypatch.undo()
+    assert head_for(model)[0] is not None
+    assert head_for(torch.compile(model))[1].startswith("the model is compiled")
