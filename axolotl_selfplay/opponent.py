@@ -268,21 +268,13 @@ class OpponentStore:
     def state_dict(self) -> dict | None:
         """The whole store as tensors and lists (loadable with `weights_only=True`). With
         several ranks a collective: the main process (rank 0) gets it, the others None."""
-        opponents = [(i, o) for i in self.shard() for o in self.pool[i]]
-        tokens = _concat([o.tokens for _, o in opponents])
+        held = {i: [o.tokens for o in self.pool[i]] for i in self.shard()}
         if self.world > 1:
-            gathered = _gather_to_main((array("i", [i for i, _ in opponents]), tokens), self.world)
-            if gathered is None:
+            parts = _gather_to_main(held, self.world)
+            if parts is None:
                 return None
-            held = {}
-            for examples, flat in gathered:
-                start = 0
-                for i in examples:
-                    iteration_tokens = held.setdefault(i, [])
-                    length = self.pool[i][len(iteration_tokens)].length
-                    iteration_tokens.append(flat[start : start + length])
-                    start += length
-            tokens = _concat([t for i in range(len(self)) for t in held.get(i, [])])
+            held = {i: tokens for part in parts for i, tokens in part.items()}
+        tokens = _concat(t for i in range(len(self)) for t in held.get(i, []))
         all_opponents = [o for pool in self.pool for o in pool]
 
         def column(values, dtype):
