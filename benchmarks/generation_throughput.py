@@ -55,6 +55,18 @@ def mixed_prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
     return prompts
 
 
+def long_reply_chats(path: Path, seed: int = 0) -> None:
+    """The bundled chats with each last reply replaced by 1–12 bundled replies joined: a model
+    warmed up on them ends its turn after tens to hundreds of tokens, at varied lengths."""
+    conversations = [json.loads(line)["messages"] for line in DATA.read_text().splitlines()]
+    replies = [m["content"] for conv in conversations for m in conv if m["role"] == "assistant"]
+    rng = random.Random(seed)
+    with open(path, "w") as handle:
+        for conv in conversations:
+            reply = " ".join(rng.sample(replies, rng.randint(1, 12)))
+            handle.write(json.dumps({"messages": conv[:-1] + [{"role": "assistant", "content": reply}]}) + "\n")
+
+
 def useful(tokens: list[int], eos: int) -> int:
     return tokens.index(eos) + 1 if eos in tokens else len(tokens)
 
@@ -91,22 +103,31 @@ def main() -> None:
     parser.add_argument("--workdir", default="outputs/bench/generation")
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64, 256 with --long-replies")
+    parser.add_argument("--long-replies", action="store_true",
+                        help="warm the model up on replies of 1-12 joined sentences (responses of tens to hundreds of tokens)")
     parser.add_argument("--repeats", type=int, default=3)
     add_results_argument(parser)
     args = parser.parse_args()
+    args.max_new_tokens = args.max_new_tokens or (256 if args.long_replies else 64)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_selfplay.cli import build_tiny_model, warm_up
 
-    model_dir = Path(args.workdir).resolve() / "model"
+    work = Path(args.workdir).resolve() / ("long" if args.long_replies else "short")
+    model_dir = work / "model"
+    warm_data = DATA
+    if args.long_replies:
+        work.mkdir(parents=True, exist_ok=True)
+        warm_data = work / "long_replies.jsonl"
+        long_reply_chats(warm_data)
     # warmed up so responses end at varied lengths, as a real SFT model's do; rebuilt every
     # run on one thread with a fixed seed, so the model (and its greedy lengths) never vary
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     build_tiny_model(str(model_dir), data_file=str(DATA), hidden_size=256, num_layers=4, seed=0)
-    warm_up(str(model_dir), str(DATA), steps=300, seed=0)
+    warm_up(str(model_dir), str(warm_data), steps=300, seed=0)
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
@@ -114,12 +135,16 @@ def main() -> None:
 
     runs = {"official-style": official_style, "ours": ours}
     times = {name: [] for name in runs}
+    prefill = {name: [] for name in runs}  # max_new_tokens 1: the prompts' forward and one step
     results = {}
     for _ in range(args.repeats):
         for name, generate in runs.items():
             start = time.perf_counter()
             results[name] = generate(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
             times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            generate(model, tokenizer, prompts, args.batch_size, 1)
+            prefill[name].append(time.perf_counter() - start)
 
     lengths = [len(p) for p in prompts]
     rows, rates = [], {}
@@ -127,8 +152,10 @@ def main() -> None:
         tokens = sum(len(o) for o in outputs)
         seconds = statistics.median(times[name])
         rates[name] = tokens / seconds
-        rows.append([name, f"{seconds:.1f}", f"{rates[name]:.0f}", f"{tokens / slots:.2f}"])
-    rows.append(["ratio ours / official-style", "", f"**{rates['ours'] / rates['official-style']:.2f}×**", ""])
+        first = statistics.median(prefill[name])
+        rows.append([name, f"{seconds:.1f}", f"{first:.1f} / {max(seconds - first, 0):.1f}", f"{rates[name]:.0f}",
+                     f"{tokens / slots:.2f}"])
+    rows.append(["ratio ours / official-style", "", "", f"**{rates['ours'] / rates['official-style']:.2f}×**", ""])
     # both return outputs in prompt order; greedy, so they must agree token for token
     same = sum(a == b for a, b in zip(results["ours"][0], results["official-style"][0]))
     replies = sorted(len(o) for o in results["ours"][0])
@@ -142,10 +169,11 @@ def main() -> None:
         f"turn included): min {replies[0]}, p25 {quantile(0.25)}, median {quantile(0.5)}, p75 {quantile(0.75)}, "
         f"p90 {quantile(0.9)}, max {replies[-1]}, {sum(n == args.max_new_tokens for n in replies)} hit max_new_tokens. "
         f"Identical greedy outputs: {same}/{len(prompts)}. Measured on {machine()}.\n\n"
-        + markdown_table(["generator", "time (s)", "useful tokens/s", "efficiency (useful / decode slots)"], rows)
+        + markdown_table(["generator", "time (s)", "of which prompts + first token / the rest (s)", "useful tokens/s",
+                          "efficiency (useful / decode slots)"], rows)
         + "\n"
     )
-    write_results(args.results, "generation_throughput", text)
+    write_results(args.results, "generation_throughput" + ("_long" if args.long_replies else ""), text)
 
 
 if __name__ == "__main__":

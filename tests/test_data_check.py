@@ -390,6 +390,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
     """Real replies cut at sequence_len lack the end of turn because of the cut, not `train_on_eos`."""
     from types import SimpleNamespace
 
+    from axolotl_selfplay.opponent import OpponentStore
     from axolotl_selfplay.trainers.spin import LOG, SelfPlayTrainer
 
     eos = tiny_tokenizer.eos_token_id
@@ -399,7 +400,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
         processing_class=tiny_tokenizer,
         accelerator=SimpleNamespace(unwrap_model=lambda m: m),
         model=SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos)),
-        opponents=SimpleNamespace(prompts=prompts, reals=reals),
+        opponents=OpponentStore(prompts, reals),
         args=SimpleNamespace(max_seq_length=64),
     )
     records = []
