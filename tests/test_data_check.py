@@ -416,7 +416,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
     assert "; 1 real responses do not end with an end-of-turn token" in message  # row 2: train_on_eos
 
     records.clear()
-    trainer.opponents = SimpleNamespace(prompts=prompts[:1], reals=reals[:1])
+    trainer.opponents = OpponentStore(prompts[:1], reals[:1])
     LOG.addHandler(handler)
     try:
         SelfPlayTrainer._eos_token_ids(trainer)
