@@ -44,6 +44,9 @@ def pair_batch(
 ) -> dict[str, torch.Tensor]:
     """One right-padded batch: the B real rows first, then one row per pair's y'.
 
+    Every rank must call it at every training step: the tokens may be held by other
+    ranks (`OpponentStore.fetch`).
+
     Returns input_ids/attention_mask/labels of shape (B + P, T); `real_row` (P,)
     mapping each pair to its real row; the reference log-probs under θ_t of the
     real rows `ref_real_logps` (B,) and of the pairs' y' `ref_generated_logps`
@@ -51,9 +54,9 @@ def pair_batch(
     (`base_real_logps`, `base_generated_logps`).
     """
     row_of = {example: row for row, example in enumerate(examples)}
-    prompts = [store.prompts[i] for i in examples] + [store.prompts[p.example] for p in pairs]
-    responses = [store.reals[i] for i in examples] + [p.opponent.tokens for p in pairs]
-    batch = pad_sequences(prompts, responses, pad_token_id)
+    prompts, reals, generated = store.fetch(examples, pairs)  # a collective with several ranks
+    prompts = prompts + [prompts[row_of[p.example]] for p in pairs]
+    batch = pad_sequences(prompts, reals + generated, pad_token_id)
     batch["real_row"] = torch.tensor([row_of[p.example] for p in pairs], dtype=torch.long)
     batch["ref_real_logps"] = torch.tensor([store.ref_logp_real[i] for i in examples], dtype=torch.float32)
     batch["ref_generated_logps"] = torch.tensor([p.opponent.ref_logp for p in pairs], dtype=torch.float32)

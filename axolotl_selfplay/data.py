@@ -57,39 +57,56 @@ def build_examples(dataset) -> tuple[list[list[int]], list[list[int]]]:
     and the fix, so the user learns it before any training step.
     """
     prompts, reals = [], []
-    # Whole columns at once: much faster than row access on an Arrow dataset.
-    for index, (input_ids, labels) in enumerate(zip(dataset["input_ids"], dataset["labels"])):
-        try:
-            prompt, real = split_prompt_response(input_ids, labels)
-        except NoAssistantTurnError:
-            raise NoAssistantTurnError(
-                f"training row {index} has no assistant response to learn from (all of "
-                "its labels are masked). Self-play needs every conversation to END with "
-                "an assistant turn, and that turn must be trained: check `field_messages`, "
-                "`message_property_mappings` and `roles_to_train: [assistant]` in "
-                "`datasets:`, and drop conversations without an assistant reply."
-            ) from None
-        if not prompt:
-            raise NoAssistantTurnError(
-                f"training row {index} has no prompt before its assistant response. "
-                "Self-play generates the opponent response from the prompt: every "
-                "conversation needs at least one user turn before the last assistant turn."
-            )
+    for _, prompt, real in iter_examples(dataset):
         prompts.append(prompt)
         reals.append(real)
     return prompts, reals
 
 
-def missing_end_of_turn_warning(prompts, reals, eos_token_ids: set[int], sequence_len: int | None) -> str | None:
-    """Why real responses lack the end-of-turn token y' ends with, if any do.
+def iter_examples(dataset, block: int = 1024):
+    """(row index, prompt, real response) of every row, read `block` rows at a time (an
+    Arrow dataset is never turned into Python lists all at once); errors as `build_examples`."""
+    total = len(dataset["input_ids"]) if isinstance(dataset, dict) else len(dataset)
+    for start in range(0, total, block):
+        rows = dataset[start : start + block] if not isinstance(dataset, dict) else {
+            key: dataset[key][start : start + block] for key in ("input_ids", "labels")
+        }
+        for offset, (input_ids, labels) in enumerate(zip(rows["input_ids"], rows["labels"])):
+            yield (start + offset, *_split_row(start + offset, input_ids, labels))
+
+
+def _split_row(index: int, input_ids, labels) -> tuple[list[int], list[int]]:
+    try:
+        prompt, real = split_prompt_response(input_ids, labels)
+    except NoAssistantTurnError:
+        raise NoAssistantTurnError(
+            f"training row {index} has no assistant response to learn from (all of "
+            "its labels are masked). Self-play needs every conversation to END with "
+            "an assistant turn, and that turn must be trained: check `field_messages`, "
+            "`message_property_mappings` and `roles_to_train: [assistant]` in "
+            "`datasets:`, and drop conversations without an assistant reply."
+        ) from None
+    if not prompt:
+        raise NoAssistantTurnError(
+            f"training row {index} has no prompt before its assistant response. "
+            "Self-play generates the opponent response from the prompt: every "
+            "conversation needs at least one user turn before the last assistant turn."
+        )
+    return prompt, real
+
+
+def missing_end_of_turn_warning(store, eos_token_ids: set[int], sequence_len: int | None) -> str | None:
+    """Why real responses lack the end-of-turn token y' ends with, if any do (from the
+    OpponentStore's per-example lengths and last tokens, which every rank holds).
 
     A row filling `sequence_len` exactly was cut there (`excess_length_strategy:
     truncate`); any other reply lacks it because its end of turn is not trained."""
-    missing = [i for i, real in enumerate(reals) if real[-1] not in eos_token_ids]
+    last_tokens = store.real_last_tokens
+    missing = [i for i, last in enumerate(last_tokens) if last not in eos_token_ids]
     if not missing:
         return None
-    cut = [i for i in missing if sequence_len and len(prompts[i]) + len(reals[i]) >= sequence_len]
-    untrained = [i for i in missing if i not in set(cut)]
+    cut = [i for i in missing if sequence_len and store.prompt_lengths[i] + store.real_lengths[i] >= sequence_len]
+    untrained = sorted(set(missing) - set(cut))
     parts = []
     if cut:
         parts.append(
@@ -98,10 +115,10 @@ def missing_end_of_turn_warning(prompts, reals, eos_token_ids: set[int], sequenc
             "or set `excess_length_strategy: drop` to skip such rows"
         )
     if untrained:
-        last_tokens = sorted({reals[i][-1] for i in untrained})[:5]
+        seen = sorted({last_tokens[i] for i in untrained})[:5]
         parts.append(
             f"{len(untrained)} real responses do not end with an end-of-turn token {sorted(eos_token_ids)} "
-            f"(last tokens seen: {last_tokens}): set `train_on_eos: turn` in `datasets:` so that y and y' "
+            f"(last tokens seen: {seen}): set `train_on_eos: turn` in `datasets:` so that y and y' "
             "both end the turn the same way"
         )
     return "; ".join(parts) + "."

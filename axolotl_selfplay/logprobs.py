@@ -29,6 +29,15 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return torch.stack(per_token) * mask, mask
 
 
+def model_token_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logps` of `model`'s forward over `input_ids`: from the last hidden states at
+    the labelled positions, lm_head in chunks, where that is exact for the model; from the
+    full logits otherwise (head_logps.py)."""
+    from .head_logps import model_token_logps as from_hidden_states
+
+    return from_hidden_states(model, input_ids, attention_mask, labels)
+
+
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of log p(label_t | tokens_<t) over the labelled tokens of each row: (N,) float32."""
     logps, _ = token_logps(logits, labels)
@@ -53,6 +62,6 @@ def pad_sequences(
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
         row = list(prompt) + list(response)
         input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        labels[i, len(prompt) : len(row)] = torch.tensor(response, dtype=torch.long)
+        labels[i, len(prompt) : len(row)] = torch.tensor(list(response), dtype=torch.long)
         attention_mask[i, : len(row)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

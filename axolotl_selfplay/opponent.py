@@ -1,50 +1,81 @@
 """OpponentStore: the opponent's responses y' and the reference log-probs, per example.
 
-One store lives in the trainer (main process) and is identical on every rank.
-For each training example i it keeps the prompt x_i, the real response y_i,
+For each training example i the store keeps the prompt x_i, the real response y_i,
 lp_θt(y_i|x_i) and a pool of the opponent responses y'_i generated in the last
 `history` iterations, each with lp_θt(y'_i|x_i) under the CURRENT iterate θ_t
 (the official recipe scores older iterations' y' against the newest iterate too).
 
-It is saved beside every checkpoint, so a resumed run trains against exactly the
-opponents it had, instead of regenerating them with a half-trained model.
+Host memory, with 50k prompts × 512 tokens × history 2 in mind:
+- token ids are int32 arrays (`array("i")`, 4 bytes a token), never lists of Python
+  ints (36 bytes a token);
+- the tokens are sharded: rank r holds the prompts, real responses and opponents of
+  the examples it generates (i % world == r, the rollout's round-robin shard). Every
+  rank holds the small per-example metadata of all examples (lengths, statuses,
+  reference log-probs), which is all that choosing a batch's pairs needs. A training
+  step fetches its batch's tokens from the ranks holding them (`fetch`: two small
+  collectives per step, every rank taking part), so the ranks of a node together hold
+  one copy of the tokens instead of one each.
+
+It is saved beside every checkpoint (gathered on the main process), so a resumed run
+trains against exactly the opponents it had, instead of regenerating them with a
+half-trained model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from array import array
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import torch
 
 STATE_FILE = "selfplay_opponents.pt"
 EVAL_STATE_FILE = "selfplay_eval_opponents.pt"  # the evaluation rows' opponents (`val_set_size` / `test_datasets`)
+STATE_FORMAT = 2  # token ids as int32 tensors
 
 # USABLE: trained on. IDENTICAL: y' == y, whose SPIN margin is 0 for every θ (the
 # pair is skipped at its constant loss; the χ² loss keeps its real-side term).
 USABLE, IDENTICAL = "ok", "identical"
 
+assert array("i").itemsize == 4, "array('i') must hold int32 token ids"
 
-@dataclass
+
+def token_array(tokens) -> array:
+    """Token ids as an int32 array (4 bytes a token)."""
+    return tokens if isinstance(tokens, array) else array("i", tokens)
+
+
+@dataclass(slots=True)
 class Opponent:
     """One generated response y' for one example."""
 
     iteration: int  # the iterate θ_t that generated it
-    tokens: list[int]  # y', ending with an end-of-turn token unless truncated
+    tokens: array | None  # y' (int32), ending with an end-of-turn token unless truncated; None on a rank not holding it
     truncated: bool  # hit max_new_tokens without an end-of-turn token
     status: str  # USABLE or IDENTICAL
     ref_logp: float | None = None  # lp_θt(y'|x) under the current iterate; None = not scored (identical)
     base_logp: float | None = None  # lp_θ0(y'|x) under the starting model (only with kl_to_base > 0)
     empty: bool = False  # y' only ends the turn: a genuine sample ("say nothing"), trained on like any other
+    length: int = -1  # len(tokens), also where the tokens are held by another rank
+
+    def __post_init__(self):
+        if self.tokens is not None:
+            self.tokens = token_array(self.tokens)
+            self.length = len(self.tokens)
+
+    def without_tokens(self) -> Opponent:
+        return replace(self, tokens=None)
 
 
-def classify(tokens: list[int], real: list[int]) -> str:
-    return IDENTICAL if tokens == real else USABLE
+def classify(tokens, real) -> str:
+    return IDENTICAL if list(tokens) == list(real) else USABLE
 
 
-def is_empty(tokens: list[int], eos_token_ids: set[int]) -> bool:
+def is_empty(tokens, eos_token_ids: set[int]) -> bool:
     return all(t in eos_token_ids for t in tokens)
 
 
@@ -72,19 +103,53 @@ class PairSelection:
 
 
 class OpponentStore:
-    def __init__(self, prompts: list[list[int]], reals: list[list[int]], history: int = 1):
+    def __init__(self, prompts, reals, history: int = 1, *, rank: int = 0, world: int = 1):
+        """`prompts`, `reals`: token ids of every example, or None for the examples another
+        rank holds (rank r holds i % world == r); `world` > 1 needs torch.distributed."""
         if len(prompts) != len(reals):
             raise ValueError("prompts and reals must have the same length")
-        self.prompts = prompts
-        self.reals = reals
+        self.rank, self.world = rank, world
         self.history = history
         self.iteration = -1  # the iteration whose opponents are loaded; -1 = none yet
-        self.ref_logp_real: list[float | None] = [None] * len(prompts)
-        self.base_logp_real: list[float | None] = [None] * len(prompts)  # lp_θ0(y|x), kl_to_base only
-        self.pool: list[list[Opponent]] = [[] for _ in prompts]
+        n = len(prompts)
+        # Token ids of the examples this rank holds (None elsewhere), and everyone's lengths.
+        self.prompts: list[array | None] = [None] * n
+        self.reals: list[array | None] = [None] * n
+        self.prompt_lengths = array("i", [0] * n)
+        self.real_lengths = array("i", [0] * n)
+        self.real_last_tokens = array("i", [0] * n)  # for the missing end-of-turn warning
+        for i, (prompt, real) in enumerate(zip(prompts, reals)):
+            self.add_example(i, prompt, real)
+        self.ref_logp_real: list[float | None] = [None] * n
+        self.base_logp_real: list[float | None] = [None] * n  # lp_θ0(y|x), kl_to_base only
+        self.pool: list[list[Opponent]] = [[] for _ in range(n)]
+
+    @classmethod
+    def from_examples(cls, examples, num_examples: int, history: int = 1, *, rank: int = 0, world: int = 1):
+        """A store from (index, prompt, real) rows streamed in order, keeping this rank's tokens only."""
+        store = cls([None] * num_examples, [None] * num_examples, history, rank=rank, world=world)
+        for i, prompt, real in examples:
+            store.add_example(i, prompt, real)
+        return store
+
+    def add_example(self, i: int, prompt, real) -> None:
+        if prompt is None:
+            return
+        self.prompt_lengths[i], self.real_lengths[i] = len(prompt), len(real)
+        self.real_last_tokens[i] = real[-1] if len(real) else -1
+        if self.holds(i):
+            self.prompts[i], self.reals[i] = token_array(prompt), token_array(real)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def holds(self, example: int) -> bool:
+        """Whether this rank holds the tokens of `example`."""
+        return example % self.world == self.rank
+
+    def shard(self) -> list[int]:
+        """The examples this rank holds (and generates)."""
+        return list(range(self.rank, len(self), self.world))
 
     # -- refresh ---------------------------------------------------------------
 
@@ -100,13 +165,19 @@ class OpponentStore:
         pools: list[list[Opponent]],
         base_logp_real: list[float] | None = None,
     ) -> None:
-        """Install a fully scored iteration (every rank calls it with the same data)."""
+        """Install a fully scored iteration (every rank calls it with the same metadata;
+        the tokens of the examples it holds are in `pools`, the others' may be None)."""
         if len(ref_logp_real) != len(self) or len(pools) != len(self):
             raise ValueError("a refresh must cover every example")
         self.iteration = iteration
         self.ref_logp_real = list(ref_logp_real)
         self.base_logp_real = list(base_logp_real) if base_logp_real is not None else [None] * len(self)
-        self.pool = [sorted(p, key=lambda o: o.iteration) for p in pools]
+        self.pool = []
+        for i, pool in enumerate(pools):
+            if self.holds(i) and any(o.tokens is None for o in pool):
+                raise ValueError(f"the tokens of example {i}'s opponents belong on rank {self.rank}")
+            kept = pool if self.holds(i) else [o if o.tokens is None else o.without_tokens() for o in pool]
+            self.pool.append(sorted(kept, key=lambda o: o.iteration))
 
     # -- training --------------------------------------------------------------
 
@@ -122,7 +193,8 @@ class OpponentStore:
         (history h: up to h pairs sharing one forward of the real response).
         mixture "uniform" (fictitious play): one opponent per example, drawn
         uniformly from its whole pool with `rng`. Opponents identical to y are not
-        paired but counted per example (`PairSelection.identical`).
+        paired but counted per example (`PairSelection.identical`). Metadata only:
+        every rank can choose any example's pairs.
         """
         pairs, identical, slots = [], [], 0
         for i in examples:
@@ -138,21 +210,95 @@ class OpponentStore:
             "empty": sum(p.opponent.empty for p in pairs),
             "pairs": len(pairs),
             "truncated": sum(p.opponent.truncated for p in pairs),
-            "generated_tokens": sum(len(p.opponent.tokens) for p in pairs),
+            "generated_tokens": sum(p.opponent.length for p in pairs),
             "age": sum(self.iteration - p.opponent.iteration for p in pairs),
         }
         return PairSelection(pairs, identical, slots, counts)
 
+    def fetch(self, examples: list[int], pairs: list[Pair]) -> tuple[list[array], list[array], list[array]]:
+        """Token ids of a batch: the examples' prompts and real responses, and each pair's y'.
+
+        With several ranks this is a collective (every rank calls it at every training
+        step): the ranks exchange which examples they need, then the holders send them."""
+        wanted = (list(examples), [(p.example, p.opponent.iteration) for p in pairs])
+        if self.world == 1:
+            found = self._tokens_for([wanted])
+        else:
+            requests = _all_gather(wanted, self.world)
+            found = {}
+            for reply in _all_gather(self._tokens_for(requests), self.world):
+                found.update(reply)
+        return (
+            [found["x", i] for i in examples],
+            [found["y", i] for i in examples],
+            [found["o", i, iteration] for i, iteration in wanted[1]],
+        )
+
+    def _tokens_for(self, requests) -> dict:
+        """The requested tokens this rank holds."""
+        found = {}
+        for examples, opponents in requests:
+            for i in examples:
+                if self.holds(i):
+                    found["x", i], found["y", i] = self.prompts[i], self.reals[i]
+            for i, iteration in opponents:
+                if self.holds(i):
+                    found["o", i, iteration] = next(o.tokens for o in self.pool[i] if o.iteration == iteration)
+        return found
+
+    def summary(self, iteration: int) -> dict[str, float]:
+        """Counts over the opponents generated at `iteration` (metadata only)."""
+        new = [o for pool in self.pool for o in pool if o.iteration == iteration]
+        n = max(len(new), 1)
+        return {
+            "opponents": len(new),
+            "length": sum(o.length for o in new) / n,
+            "truncated": sum(o.truncated for o in new) / n,
+            "identical": sum(o.status == IDENTICAL for o in new) / n,
+            "empty": sum(o.empty for o in new) / n,
+        }
+
+    def nbytes(self) -> int:
+        """Host bytes of the token ids this rank holds (the store's bulk)."""
+        arrays = [a for a in self.prompts + self.reals if a is not None]
+        arrays += [o.tokens for pool in self.pool for o in pool if o.tokens is not None]
+        return sum(a.itemsize * len(a) for a in arrays)
+
     # -- persistence -----------------------------------------------------------
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict | None:
+        """The whole store as tensors and lists (loadable with `weights_only=True`). With
+        several ranks a collective: the main process (rank 0) gets it, the others None."""
+        held = {i: [o.tokens for o in self.pool[i]] for i in self.shard()}
+        if self.world > 1:
+            parts = _gather_to_main(held, self.world)
+            if parts is None:
+                return None
+            held = {i: tokens for part in parts for i, tokens in part.items()}
+        tokens = _concat(t for i in range(len(self)) for t in held.get(i, []))
+        all_opponents = [o for pool in self.pool for o in pool]
+
+        def column(values, dtype):
+            return torch.tensor(values, dtype=dtype)
+
         return {
+            "format": STATE_FORMAT,
             "iteration": self.iteration,
             "history": self.history,
             "num_examples": len(self),
             "ref_logp_real": self.ref_logp_real,
             "base_logp_real": self.base_logp_real,
-            "pool": [[asdict(o) for o in p] for p in self.pool],
+            "pool_sizes": column([len(pool) for pool in self.pool], torch.int32),
+            "opponents": {
+                "iteration": column([o.iteration for o in all_opponents], torch.int32),
+                "length": column([o.length for o in all_opponents], torch.int64),
+                "truncated": column([o.truncated for o in all_opponents], torch.bool),
+                "identical": column([o.status == IDENTICAL for o in all_opponents], torch.bool),
+                "empty": column([o.empty for o in all_opponents], torch.bool),
+                "ref_logp": column([_nan(o.ref_logp) for o in all_opponents], torch.float64),
+                "base_logp": column([_nan(o.base_logp) for o in all_opponents], torch.float64),
+                "tokens": torch.frombuffer(tokens, dtype=torch.int32) if tokens else torch.zeros(0, dtype=torch.int32),
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -162,29 +308,63 @@ class OpponentStore:
                 f"the training dataset has {len(self)}: resume with the same datasets and "
                 "`dataset_prepared_path` as the interrupted run."
             )
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                "this checkpoint's opponent store was written by an older axolotl-selfplay: resume from a "
+                "checkpoint written by this version, or start the run again"
+            )
         self.iteration = state["iteration"]
         self.ref_logp_real = list(state["ref_logp_real"])
         self.base_logp_real = list(state.get("base_logp_real") or [None] * len(self))
-        self.pool = [[Opponent(**o) for o in p] for p in state["pool"]]
+        columns = {k: v.tolist() if k != "tokens" else v for k, v in state["opponents"].items()}
+        tokens = columns["tokens"]
+        self.pool = []
+        k = start = 0
+        for i, size in enumerate(state["pool_sizes"].tolist()):
+            pool = []
+            for _ in range(size):
+                length = columns["length"][k]
+                pool.append(
+                    Opponent(
+                        columns["iteration"][k],
+                        array("i", tokens[start : start + length].numpy().tobytes()) if self.holds(i) else None,
+                        columns["truncated"][k],
+                        IDENTICAL if columns["identical"][k] else USABLE,
+                        _none(columns["ref_logp"][k]),
+                        _none(columns["base_logp"][k]),
+                        columns["empty"][k],
+                        length,
+                    )
+                )
+                k += 1
+                start += length
+            self.pool.append(pool)
 
-    def save(self, directory: str, filename: str = STATE_FILE) -> str:
-        """Write the store into `directory` atomically; returns the file path."""
+    def save(self, directory: str, filename: str = STATE_FILE) -> str | None:
+        """Write the store into `directory` atomically (on the main process; with several
+        ranks every rank must call it); returns the file path there."""
+        state = self.state_dict()
+        if state is None:
+            return None
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, filename)
-        torch.save(self.state_dict(), path + ".tmp")
+        torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
         return path
 
     def load(self, directory: str, filename: str = STATE_FILE) -> bool:
-        """Load the store saved in `directory`; False when there is none."""
+        """Load the store saved in `directory`; False when there is none. The file is
+        memory-mapped: each rank copies only the tokens it holds."""
         path = os.path.join(directory, filename)
         if not os.path.exists(path):
             return False
-        self.load_state_dict(torch.load(path, weights_only=True))
+        self.load_state_dict(torch.load(path, weights_only=True, mmap=True))
         return True
 
-    def export_jsonl(self, path: str, decode) -> None:
-        """Write this iteration's pairs as jsonl (atomically), one line per example.
+    def export_jsonl(self, path: str, decode, block: int = 4096) -> None:
+        """Write this iteration's pairs as jsonl (atomically, on the main process; with
+        several ranks every rank must call it: the tokens are gathered block by block).
+        One line per example.
 
         Keys: prompt, real, generated (and its token ids, generated_ids), ref_logp_real,
         ref_logp_generated (under θ_t),
@@ -192,27 +372,71 @@ class OpponentStore:
         newest opponent, and
         with kl_to_base > 0 base_logp_real / base_logp_generated (under θ_0).
         """
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            for i in range(len(self)):
-                newest = [o for o in self.pool[i] if o.iteration == self.iteration]
-                if not newest:
-                    continue
-                opponent = newest[-1]
-                row = {
-                    "prompt": decode(self.prompts[i]),
-                    "real": decode(self.reals[i]),
-                    "generated": decode(opponent.tokens),
-                    # the exact tokens: decoding is lossy for samples that end mid-character
-                    "generated_ids": list(opponent.tokens),
-                    "ref_logp_real": self.ref_logp_real[i],
-                    "ref_logp_generated": opponent.ref_logp,
-                    "truncated": opponent.truncated,
-                    "status": opponent.status,
-                    "empty": opponent.empty,
-                }
-                if self.has_base:
-                    row["base_logp_real"] = self.base_logp_real[i]
-                    row["base_logp_generated"] = opponent.base_logp
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(path + ".tmp", path)
+        main = self.rank == 0
+        if main:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") if main else nullcontext() as handle:
+            for start in range(0, len(self), block):
+                rows = {}
+                for i in range(start, min(start + block, len(self))):
+                    newest = [o for o in self.pool[i] if o.iteration == self.iteration]
+                    if newest and self.holds(i):
+                        rows[i] = (self.prompts[i], self.reals[i], newest[-1].tokens)
+                if self.world > 1:
+                    parts = _gather_to_main(rows, self.world)
+                    rows = {i: row for part in parts or [] for i, row in part.items()}
+                for i in sorted(rows) if main else ():
+                    handle.write(json.dumps(self._export_row(i, *rows[i], decode), ensure_ascii=False) + "\n")
+        if main:
+            os.replace(path + ".tmp", path)
+
+    def _export_row(self, i: int, prompt, real, generated, decode) -> dict:
+        opponent = [o for o in self.pool[i] if o.iteration == self.iteration][-1]
+        row = {
+            "prompt": decode(list(prompt)),
+            "real": decode(list(real)),
+            "generated": decode(list(generated)),
+            # the exact tokens: decoding is lossy for samples that end mid-character
+            "generated_ids": list(generated),
+            "ref_logp_real": self.ref_logp_real[i],
+            "ref_logp_generated": opponent.ref_logp,
+            "truncated": opponent.truncated,
+            "status": opponent.status,
+            "empty": opponent.empty,
+        }
+        if self.has_base:
+            row["base_logp_real"] = self.base_logp_real[i]
+            row["base_logp_generated"] = opponent.base_logp
+        return row
+
+
+def _concat(arrays) -> array:
+    out = array("i")
+    for a in arrays:
+        out.extend(a)
+    return out
+
+
+def _nan(value):
+    return math.nan if value is None else value
+
+
+def _none(value):
+    return None if math.isnan(value) else value
+
+
+def _all_gather(obj, world: int) -> list:
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _gather_to_main(obj, world: int) -> list | None:
+    """Every rank's `obj` on rank 0 (a list), None on the others."""
+    import torch.distributed as dist
+
+    out = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out

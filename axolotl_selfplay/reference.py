@@ -7,12 +7,15 @@ I started"). No second model is kept on the accelerator for SPIN:
 - LoRA from `lora_model_dir`: the loaded adapter's weights (small) are copied to
   CPU when training starts — before a resumed run loads its checkpoint, so the
   copy is θ_0 either way — and swapped into the adapter while scoring.
-- Full fine-tuning: a CPU copy of the trainable weights (host memory: one copy of
-  the trainable parameters, e.g. ~14 GB for a 7B model in bf16). It is taken at
-  the first opponent refresh of a fresh run, when the policy still is θ_0, inside
-  the gathered-parameter context under ZeRO-3, or loaded from `base_model` when a
-  run resumes. To score under θ_0 the copy is swapped into the live parameters
-  and swapped back afterwards, one tensor at a time.
+- Full fine-tuning: a CPU copy of the trainable weights, sharded across the ranks:
+  each rank keeps 1/world of every tensor (flattened), so all ranks together hold one
+  copy (e.g. ~14 GB for a 7B model in bf16, ~1.75 GB per rank on 8 GPUs); under
+  FSDP2 each rank keeps its own DTensor shards. It is taken at the first opponent
+  refresh of a fresh run, when the policy still is θ_0, inside the gathered-parameter
+  context under ZeRO-3, or loaded from `base_model` when a run resumes. To score
+  under θ_0 it is swapped into the live parameters and swapped back afterwards, one
+  tensor at a time: the ranks all-gather their parts of θ_0 into the tensor and keep
+  their part of θ_t in exchange (every rank swaps at the same time).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class StartingModel:
         self.cfg = axolotl_cfg
         self._weights: dict[str, torch.Tensor] | None = None
         if policy is not None and self._swaps_adapter(policy):
-            self._weights = _trainable_copy(policy)
+            self._weights = _trainable_parts(policy)
 
     def _disables_adapter(self, model) -> bool:
         # A fresh adapter is part of training, not of θ_0: switch it off.
@@ -44,11 +47,11 @@ class StartingModel:
         return is_peft_model(model) and bool(self.cfg.get("lora_model_dir"))
 
     def snapshot(self, model) -> None:
-        """Copy θ_0's trainable weights to CPU; `model` must still hold θ_0. Once: the
-        evaluation rows' rollout at the start of a run finds the copy taken already."""
+        """Copy this rank's part of θ_0's trainable weights to CPU; `model` must still hold θ_0.
+        Once: the evaluation rows' rollout at the start of a run finds the copy taken already."""
         if is_peft_model(model) or self._weights is not None:
             return  # adapters: disabled, or snapshotted when the run started
-        self._weights = _trainable_copy(model)
+        self._weights = _trainable_parts(model)
 
     @contextmanager
     def active(self, model):
@@ -68,13 +71,13 @@ class StartingModel:
             self._swap(model)
 
     def _swap(self, model) -> None:
+        """Exchange the stored weights with the live ones, tensor by tensor (a collective
+        when the stored ones are rank parts)."""
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, stored in self._weights.items():
-                param = params[name]
-                live = param.data.to("cpu", copy=True)
-                param.data.copy_(stored.to(device=param.device, dtype=param.dtype))
-                self._weights[name] = live
+                self._weights[name] = _exchange(params[name], stored)
+
     def _load_from_base_model(self, model) -> dict[str, torch.Tensor]:
         from transformers import AutoModelForCausalLM
 
@@ -96,13 +99,75 @@ class StartingModel:
                     f"{self.cfg.get('base_model')} (resized embeddings?). Resume is not possible with "
                     "kl_to_base for this model: restart the run, or set `kl_to_base: 0`."
                 )
-            weights[name] = state[name].detach().to("cpu", copy=True)
+            weights[name] = _rank_part(_like(param, state[name].detach()))
         del base, state
         return weights
 
 
-def _trainable_copy(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+# -- θ_0 sharded across the ranks ------------------------------------------------------
+# Under DDP and DeepSpeed (ZeRO-3: inside the gathered-parameter context) every rank holds
+# the same full tensors, so each keeps only its part: the k = ceil(numel / world) elements
+# of the flattened tensor starting at rank·k. FSDP2's DTensors are shards already: a rank
+# keeps its own local shard (`.to("cpu")` of a DTensor copies only that).
+
+
+def _trainable_parts(model) -> dict[str, torch.Tensor]:
+    return {name: _rank_part(p.detach()) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _is_dtensor(tensor) -> bool:
+    return hasattr(tensor, "full_tensor")
+
+
+def _like(param, full: torch.Tensor) -> torch.Tensor:
+    """`full` (every rank loaded the same) laid out as `param`: under FSDP2 this rank's shard."""
+    if not _is_dtensor(param):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def _split(tensor) -> bool:
+    """Whether ranks keep parts of `tensor` (the same answer on every rank)."""
+    return _ranks()[1] > 1 and not _is_dtensor(tensor)
+
+
+def _ranks() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rank_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a replicated tensor, on CPU (a DTensor: its local shard)."""
+    if not _split(tensor):
+        return tensor.to("cpu", copy=True)
+    rank, world = _ranks()
+    flat = tensor.reshape(-1)
+    k = -(-flat.numel() // world)
+    return flat[rank * k : (rank + 1) * k].to("cpu", copy=True)
+
+
+def _exchange(param: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """Put `stored` (a rank part, or a whole tensor / DTensor shard) into `param`; returns
+    the same kind of part of what `param` held."""
+    live = _rank_part(param.data)
+    if not _split(param):  # the whole tensor (one process), or a DTensor shard
+        param.data.copy_(stored.to(device=param.device, dtype=param.dtype))
+        return live
+    import torch.distributed as dist
+
+    _, world = _ranks()
+    k = -(-param.numel() // world)
+    part = torch.zeros(k, dtype=param.dtype, device=param.device)
+    part[: stored.numel()] = stored.to(device=param.device, dtype=param.dtype)
+    full = torch.empty(k * world, dtype=param.dtype, device=param.device)
+    dist.all_gather_into_tensor(full, part)
+    param.data.copy_(full[: param.numel()].view_as(param))
+    return live
 
 
 class ReferenceModel:

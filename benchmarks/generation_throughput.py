@@ -1,19 +1,26 @@
 """Opponent generation: our generator vs one written like the official SPIN `generate.py` (CPU).
 
-    python benchmarks/generation_throughput.py [--workdir outputs/generation] [--prompts 256]
+    python benchmarks/generation_throughput.py [--workdir outputs/bench/generation] [--prompts 256] [--results FILE]
 
 Same model, same prompts (mixed lengths: chat histories of 1–4 conversations),
 same `max_new_tokens`, greedy decoding so the outputs are comparable:
 - `official-style`: fixed batches of prompts in dataset order, the tokenizer's
   left padding, `model.generate` (what uclaml/SPIN's generate.py does);
 - `ours`: `axolotl_selfplay.generation.generate_responses` (prompts sorted by
-  length, hand-made left padding, cut at the first end of turn).
+  length, hand-made left padding, rows that end their turn leave the running batch
+  and its KV cache, cut at the first end of turn).
 Reports useful tokens per second (generated tokens up to and including the
 first end of turn) and the useful-token efficiency: useful tokens / decode
-slots computed (rows × decode steps of every batch; a batch decodes until its
-longest response ends), i.e. how much of the work is padding. Each generator
+slots computed (rows × decode steps: official-style, every row of a batch until its
+longest response ends; ours, as the generator counts them), i.e. how much of the
+work is padding. Each generator
 runs `--repeats` times alternately; the median time is used. Ratios measured
 side by side are the result; absolute numbers on these shared CPUs are noise.
+
+The efficiency depends only on the model's greedy response lengths, so the model
+is rebuilt and warmed up deterministically on every run (seed 0, one thread:
+multi-threaded float sums differ in the last bits, and greedy lengths with them),
+and the table reports the response-length distribution it was measured on.
 
 Needs the project venv. Nothing is downloaded.
 """
@@ -24,13 +31,15 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "example_configs" / "data" / "tiny_chat.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import CHAT_DATA as DATA
+from bench_common import add_results_argument, machine, markdown_table, write_results
 
 
 def mixed_prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
@@ -44,6 +53,18 @@ def mixed_prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
         prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     rng.shuffle(prompts)
     return prompts
+
+
+def long_reply_chats(path: Path, seed: int = 0) -> None:
+    """The bundled chats with each last reply replaced by 1–12 bundled replies joined: a model
+    warmed up on them ends its turn after tens to hundreds of tokens, at varied lengths."""
+    conversations = [json.loads(line)["messages"] for line in DATA.read_text().splitlines()]
+    replies = [m["content"] for conv in conversations for m in conv if m["role"] == "assistant"]
+    rng = random.Random(seed)
+    with open(path, "w") as handle:
+        for conv in conversations:
+            reply = " ".join(rng.sample(replies, rng.randint(1, 12)))
+            handle.write(json.dumps({"messages": conv[:-1] + [{"role": "assistant", "content": reply}]}) + "\n")
 
 
 def useful(tokens: list[int], eos: int) -> int:
@@ -66,66 +87,93 @@ def official_style(model, tokenizer, prompts, batch_size, max_new_tokens):
 
 
 def ours(model, tokenizer, prompts, batch_size, max_new_tokens):
-    from axolotl_selfplay.generation import _length_sorted_batches, generate_responses
+    from axolotl_selfplay.generation import generate_responses
     from axolotl_selfplay.sampling import SamplingSpec
 
+    stats = {}  # decode slots as the generator computed them: ended rows leave the batch
     results = generate_responses(
-        model, prompts, pad_token_id=tokenizer.pad_token_id, eos_token_ids={tokenizer.eos_token_id},
-        spec=SamplingSpec.greedy(max_new_tokens), batch_size=batch_size, seed=0,
+        model, prompts, spec=SamplingSpec.greedy(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids={tokenizer.eos_token_id}, batch_size=batch_size, seed=0, stats=stats,
     )
-    outputs = [tokens for tokens, _ in results]
-    # decode slots: each length-sorted batch runs until its longest response ends
-    slots = sum(len(b) * max(len(outputs[i]) for i in b) for b in _length_sorted_batches([len(p) for p in prompts], batch_size))
-    return outputs, slots
+    return [tokens for tokens, _ in results], stats["decode_slots"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="outputs/generation")
+    parser.add_argument("--workdir", default="outputs/bench/generation")
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64, 256 with --long-replies")
+    parser.add_argument("--long-replies", action="store_true",
+                        help="warm the model up on replies of 1-12 joined sentences (responses of tens to hundreds of tokens)")
     parser.add_argument("--repeats", type=int, default=3)
+    add_results_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    args.max_new_tokens = args.max_new_tokens or (256 if args.long_replies else 64)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_selfplay.cli import build_tiny_model, warm_up
 
-    model_dir = Path(args.workdir).resolve() / "model"
-    if not (model_dir / "model.safetensors").exists():
-        # warmed up so responses end at varied lengths, as a real SFT model's do
-        build_tiny_model(str(model_dir), data_file=str(DATA), hidden_size=256, num_layers=4)
-        warm_up(str(model_dir), str(DATA), steps=300)
+    work = Path(args.workdir).resolve() / ("long" if args.long_replies else "short")
+    model_dir = work / "model"
+    warm_data = DATA
+    if args.long_replies:
+        work.mkdir(parents=True, exist_ok=True)
+        warm_data = work / "long_replies.jsonl"
+        long_reply_chats(warm_data)
+    # warmed up so responses end at varied lengths, as a real SFT model's do; rebuilt every
+    # run on one thread with a fixed seed, so the model (and its greedy lengths) never vary
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    build_tiny_model(str(model_dir), data_file=str(DATA), hidden_size=256, num_layers=4, seed=0)
+    warm_up(str(model_dir), str(warm_data), steps=300, seed=0)
+    torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
     prompts = mixed_prompts(tokenizer, args.prompts, seed=0)
 
     runs = {"official-style": official_style, "ours": ours}
     times = {name: [] for name in runs}
+    prefill = {name: [] for name in runs}  # max_new_tokens 1: the prompts' forward and one step
     results = {}
     for _ in range(args.repeats):
         for name, generate in runs.items():
             start = time.perf_counter()
             results[name] = generate(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
             times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            generate(model, tokenizer, prompts, args.batch_size, 1)
+            prefill[name].append(time.perf_counter() - start)
 
     lengths = [len(p) for p in prompts]
-    print(f"{len(prompts)} prompts of {min(lengths)}–{max(lengths)} tokens (median {statistics.median(lengths):.0f}), "
-          f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, greedy\n")
-    print("| generator | time (s) | useful tokens/s | efficiency (useful / decode slots) |")
-    print("|---|---|---|---|")
-    rates = {}
+    rows, rates = [], {}
     for name, (outputs, slots) in results.items():
         tokens = sum(len(o) for o in outputs)
         seconds = statistics.median(times[name])
         rates[name] = tokens / seconds
-        print(f"| {name} | {seconds:.1f} | {rates[name]:.0f} | {tokens / slots:.2f} |")
-    print(f"| ratio ours / official-style | | {rates['ours'] / rates['official-style']:.2f}× | |")
+        first = statistics.median(prefill[name])
+        rows.append([name, f"{seconds:.1f}", f"{first:.1f} / {max(seconds - first, 0):.1f}", f"{rates[name]:.0f}",
+                     f"{tokens / slots:.2f}"])
+    rows.append(["ratio ours / official-style", "", "", f"**{rates['ours'] / rates['official-style']:.2f}×**", ""])
     # both return outputs in prompt order; greedy, so they must agree token for token
     same = sum(a == b for a, b in zip(results["ours"][0], results["official-style"][0]))
-    print(f"\nidentical greedy outputs: {same}/{len(prompts)}")
+    replies = sorted(len(o) for o in results["ours"][0])
+
+    def quantile(q):
+        return replies[min(len(replies) - 1, int(q * len(replies)))]
+
+    text = (
+        f"{len(prompts)} prompts of {min(lengths)}–{max(lengths)} tokens (median {statistics.median(lengths):.0f}), "
+        f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, greedy; response lengths (tokens, end of "
+        f"turn included): min {replies[0]}, p25 {quantile(0.25)}, median {quantile(0.5)}, p75 {quantile(0.75)}, "
+        f"p90 {quantile(0.9)}, max {replies[-1]}, {sum(n == args.max_new_tokens for n in replies)} hit max_new_tokens. "
+        f"Identical greedy outputs: {same}/{len(prompts)}. Measured on {machine()}.\n\n"
+        + markdown_table(["generator", "time (s)", "of which prompts + first token / the rest (s)", "useful tokens/s",
+                          "efficiency (useful / decode slots)"], rows)
+        + "\n"
+    )
+    write_results(args.results, "generation_throughput" + ("_long" if args.long_replies else ""), text)
 
 
 if __name__ == "__main__":

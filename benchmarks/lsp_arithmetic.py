@@ -43,24 +43,34 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stability import scalars  # the shared TensorBoard reader
+from bench_common import (
+    PLUGIN,
+    REPO,
+    add_results_argument,
+    axolotl_config,
+    axolotl_train,
+    chat_dataset,
+    chat_prompts,
+    greedy_replies,
+    load_for_eval,
+    mean_sd,
+    scalars,
+    write_results,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 REWARD_MODULE = REPO / "example_configs" / "rewards" / "arithmetic.py"
-PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
 
 
 def load_arithmetic():
@@ -131,30 +141,9 @@ def build_start(model_dir: Path, data: Path, args, seed: int) -> None:
 
 def evaluate(model_dir: Path, heldout: list[tuple[int, int]], batch_size: int = 100) -> float:
     """Greedy exact match of the Solver on the held-out problems (user turn = question)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from axolotl_selfplay.generation import generate_responses
-    from axolotl_selfplay.sampling import SamplingSpec
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": ARITH.question(a, b)}], tokenize=False, add_generation_prompt=True
-        )
-        for a, b in heldout
-    ]
-    generated = generate_responses(
-        model,
-        [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts],
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_ids={tokenizer.eos_token_id},
-        spec=SamplingSpec.greedy(max_new_tokens=6),
-        batch_size=batch_size,
-        seed=0,
-    )
-    answers = tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
+    model, tokenizer = load_for_eval(model_dir)
+    prompts = chat_prompts(tokenizer, [ARITH.question(a, b) for a, b in heldout])
+    answers = greedy_replies(model, tokenizer, prompts, max_new_tokens=6, batch_size=batch_size)
     return sum(text.strip() == str(a + b) for text, (a, b) in zip(answers, heldout)) / len(heldout)
 
 
@@ -163,35 +152,24 @@ def evaluate(model_dir: Path, heldout: list[tuple[int, int]], batch_size: int = 
 
 def common_config(model_dir: Path, out: Path, seed: int, args) -> dict:
     """CPU settings shared by every arm: same optimizer, lr, constant schedule."""
-    return {
-        "base_model": str(model_dir),
-        "tokenizer_type": "AutoTokenizer",
-        "chat_template": "tokenizer_default",
-        "val_set_size": 0,
-        "sequence_len": 128,
-        "output_dir": str(out),
-        "gradient_accumulation_steps": 1,
-        "max_steps": args.steps,
-        "optimizer": "adamw_torch",
-        "learning_rate": args.lr,
-        "lr_scheduler": "constant",
-        "warmup_steps": 0,
-        "seed": seed,
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "attn_implementation": "sdpa",
-        "logging_steps": 1,
+    return axolotl_config(
+        model_dir,
+        out,
+        datasets=None,
+        dataset_prepared_path=None,
+        micro_batch_size=None,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        warmup_steps=0,
+        seed=seed,
         # Checkpoints only for the held-out curve (`--eval-every`); weights only, no optimizer state.
         **(
             {"save_strategy": "steps", "save_steps": args.eval_every, "save_only_model": True}
             if args.eval_every
             else {"save_strategy": "no"}
         ),
-        "use_tensorboard": True,
-        "dataloader_num_workers": 0,
-        "plugins": [PLUGIN],  # Axolotl < 0.20 finds the plugin only through this line
-    }
+        plugins=[PLUGIN],  # Axolotl < 0.20 finds the plugin only through this line (0.21 accepts it)
+    )
 
 
 def lsp_config(model_dir: Path, out: Path, seed: int, args, self_reward: bool) -> dict:
@@ -222,15 +200,7 @@ def sft_config(model_dir: Path, out: Path, seed: int, args, data: Path) -> dict:
     cfg = common_config(model_dir, out, seed, args)
     cfg.update(
         {
-            "datasets": [
-                {
-                    "path": str(data),
-                    "type": "chat_template",
-                    "field_messages": "messages",
-                    "roles_to_train": ["assistant"],
-                    "train_on_eos": "turn",
-                }
-            ],
+            "datasets": [chat_dataset(data)],
             "dataset_prepared_path": str(out.parent / f"prepared-{out.name}"),
             "micro_batch_size": args.sft_batch_size,
             "sample_packing": False,
@@ -240,26 +210,11 @@ def sft_config(model_dir: Path, out: Path, seed: int, args, data: Path) -> dict:
     return cfg
 
 
-def axolotl_train(cfg: dict, run_dir: Path) -> float:
+def train(cfg: dict, run_dir: Path) -> float:
     """Run `axolotl train` in `run_dir` (where the reward module sits); returns wall seconds."""
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(REWARD_MODULE, run_dir / "arithmetic.py")
-    config = run_dir / "config.yml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    # This checkout's package first, whatever the venv has installed.
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    start = time.monotonic()
-    proc = subprocess.run(
-        ["axolotl", "train", str(config)], check=False, capture_output=True, text=True, env=env, cwd=str(run_dir)
-    )
-    elapsed = time.monotonic() - start
-    (run_dir / "train.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        sys.exit(f"axolotl train {config} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    return elapsed
+    return axolotl_train(cfg, run_dir, threads=int(os.environ.get("OMP_NUM_THREADS", "1"))).seconds
 
 
 def curve(out: Path, heldout: list[tuple[int, int]]) -> dict[int, float]:
@@ -325,11 +280,6 @@ def query_drift(out: Path) -> dict:
 
 
 # -- report ------------------------------------------------------------------------
-
-
-def mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
 
 
 def report(results: dict, args) -> None:
@@ -415,6 +365,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=20, help="also evaluate a checkpoint every N steps")
     parser.add_argument("--tag", default="", help="suffix of the arms' run directories (tuning runs)")
     parser.add_argument("--on-dev", action="store_true", help="evaluate on the dev split (for tuning)")
+    add_results_argument(parser)
     args = parser.parse_args()
 
     import torch
@@ -453,7 +404,7 @@ def main() -> None:
                 cfg = sft_config(start_dir, out, seed, args, data)
             else:
                 cfg = lsp_config(start_dir, out, seed, args, self_reward=(arm == "lsp"))
-            seconds = axolotl_train(cfg, out)
+            seconds = train(cfg, out)
             run = {"acc": evaluate(out, heldout), "seconds": seconds, "curve": curve(out, heldout)}
             if arm != "sft":
                 run["trace"] = lsp_trace(out)
@@ -462,7 +413,10 @@ def main() -> None:
             results[arm][seed] = run
             print(f"seed {seed}: {arm} {run['acc']:.3f} ({seconds:.0f}s)", flush=True)
     (work / f"results{args.tag}.json").write_text(json.dumps(results, indent=1, default=str))
-    report(results, args)
+    tables = io.StringIO()
+    with redirect_stdout(tables):
+        report(results, args)
+    write_results(args.results, "lsp_arithmetic", tables.getvalue())
     print(f"\ntotal wall time {time.monotonic() - began:.0f}s")
 
 

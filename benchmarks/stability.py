@@ -15,65 +15,18 @@ Needs the venv made by scripts/setup_env.sh (axolotl on PATH). Nothing is downlo
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import statistics
-import subprocess
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "example_configs" / "data" / "tiny_chat.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import CHAT_DATA, add_results_argument, axolotl_config, axolotl_train, mean_sd, scalars, write_results
 
 
-def common(model: str, out: Path, seed: int) -> dict:
-    cfg = {
-        "base_model": model,
-        "tokenizer_type": "AutoTokenizer",
-        "datasets": [{"path": str(DATA), "type": "chat_template", "field_messages": "messages",
-                      "roles_to_train": ["assistant"], "train_on_eos": "turn"}],
-        "chat_template": "tokenizer_default",
-        "dataset_prepared_path": str(out.parent / "prepared"),
-        "val_set_size": 0,
-        "sequence_len": 128,
-        "output_dir": str(out),
-        "micro_batch_size": 16,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "seed": seed,
-        "bf16": False, "fp16": False, "tf32": False,
-        "attn_implementation": "sdpa",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "use_tensorboard": True,
-        "dataloader_num_workers": 0,
-    }
-    from importlib.metadata import version
-
-    if tuple(int(x) for x in version("axolotl").split(".")[:2]) < (0, 20):
-        cfg["plugins"] = ["axolotl_selfplay.plugin.SelfPlayPlugin"]
-    return cfg
-
-
-def train(cfg: dict, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    proc = subprocess.run(["axolotl", "train", str(path)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"axolotl train {path} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-
-
-def scalars(out: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    for events in sorted(out.joinpath("runs").rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            return [(e.step, e.value) for e in acc.Scalars(tag)]
-    return []
+def train(cfg: dict, out: Path) -> None:
+    axolotl_train(cfg, out.parent / f"{out.name}-config")
 
 
 def per_iteration(out: Path, iterations: int) -> list[dict]:
@@ -102,6 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs-per-iteration", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    add_results_argument(parser)
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -109,45 +63,44 @@ def main() -> None:
     from axolotl_selfplay.cli import build_tiny_model
 
     model = work / "tiny-model"
-    build_tiny_model(str(model), data_file=str(DATA))
+    build_tiny_model(str(model), data_file=str(CHAT_DATA))
     results: dict[str, list[list[dict]]] = {"spin": [], "spin_chi2": []}
     for seed in args.seeds:
         sft = work / f"sft-{seed}"
-        cfg = common(str(model), sft, seed)
-        cfg.update({"num_epochs": 15, "learning_rate": 3e-3})
-        train(cfg, work / f"sft-{seed}.yml")
+        cfg = axolotl_config(model, sft, seed=seed, num_epochs=15, learning_rate=3e-3)
+        train(cfg, sft)
         for kind in results:
             out = work / f"{kind}-{seed}"
-            cfg = common(str(sft), out, seed)
+            cfg = axolotl_config(sft, out, seed=seed)
             cfg.update({
                 "rl": kind,
                 "learning_rate": args.lr,
                 "selfplay": {"iterations": args.iterations, "epochs_per_iteration": args.epochs_per_iteration,
                              "beta": args.beta, "generation": {"max_new_tokens": 24, "batch_size": 64}},
             })
-            train(cfg, work / f"{kind}-{seed}.yml")
+            train(cfg, out)
             results[kind].append(per_iteration(out, args.iterations))
 
     def cell(kind, t, key):
-        values = [run[t][key] for run in results[kind]]
-        mean = statistics.fmean(values)
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{mean:.2f} ± {sd:.2f}"
+        return mean_sd([run[t][key] for run in results[kind]], 2)
 
-    print(f"\nlr {args.lr}, β {args.beta}, {args.epochs_per_iteration} epochs/iteration, seeds {args.seeds}; "
-          "mean ± sd over seeds; χ² reward bound at the defaults: [-2, 2]\n")
-    print(f"log-prob of the real responses under the SFT start: spin {cell('spin', 0, 'logp_start')}, "
-          f"spin_chi2 {cell('spin_chi2', 0, 'logp_start')}\n")
-    print("| iteration | spin logp(y) | spin_chi2 logp(y) | spin max abs(reward) | spin_chi2 max abs(reward) "
-          "| spin identical y' | spin_chi2 identical y' |")
-    print("|---|---|---|---|---|---|---|")
-    for t in range(args.iterations):
-        print(f"| {t} | {cell('spin', t, 'logp_real')} | {cell('spin_chi2', t, 'logp_real')} | "
-              f"{cell('spin', t, 'max_abs_reward')} | {cell('spin_chi2', t, 'max_abs_reward')} | "
-              f"{cell('spin', t, 'identical')} | {cell('spin_chi2', t, 'identical')} |")
-    print("\nlogp(y): batch mean of log π_θ(y|x) at the last step of the iteration; max abs(reward): largest "
-          "logged batch mean of |β·log π_θ/π_θt| over y and y' in the iteration; identical y': fraction of "
-          "opponents equal to y (dropped).")
+    tables = io.StringIO()
+    with redirect_stdout(tables):
+        print(f"\nlr {args.lr}, β {args.beta}, {args.epochs_per_iteration} epochs/iteration, seeds {args.seeds}; "
+              "mean ± sd over seeds; χ² reward bound at the defaults: [-2, 2]\n")
+        print(f"log-prob of the real responses under the SFT start: spin {cell('spin', 0, 'logp_start')}, "
+              f"spin_chi2 {cell('spin_chi2', 0, 'logp_start')}\n")
+        print("| iteration | spin logp(y) | spin_chi2 logp(y) | spin max abs(reward) | spin_chi2 max abs(reward) "
+              "| spin identical y' | spin_chi2 identical y' |")
+        print("|---|---|---|---|---|---|---|")
+        for t in range(args.iterations):
+            print(f"| {t} | {cell('spin', t, 'logp_real')} | {cell('spin_chi2', t, 'logp_real')} | "
+                  f"{cell('spin', t, 'max_abs_reward')} | {cell('spin_chi2', t, 'max_abs_reward')} | "
+                  f"{cell('spin', t, 'identical')} | {cell('spin_chi2', t, 'identical')} |")
+        print("\nlogp(y): batch mean of log π_θ(y|x) at the last step of the iteration; max abs(reward): largest "
+              "logged batch mean of |β·log π_θ/π_θt| over y and y' in the iteration; identical y': fraction of "
+              "opponents equal to y (dropped).")
+    write_results(args.results, "stability", tables.getvalue())
 
 
 if __name__ == "__main__":

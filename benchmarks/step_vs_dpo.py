@@ -1,6 +1,6 @@
 """SPIN vs the DPO route, same pairs (CPU): one training step, and one whole iteration.
 
-    python benchmarks/step_vs_dpo.py [--workdir outputs/step_vs_dpo] [--hidden 768] [--layers 12]
+    python benchmarks/step_vs_dpo.py [--workdir outputs/bench/step_vs_dpo] [--hidden 768] [--layers 12] [--results FILE]
 
 Both arms are real `axolotl train` runs of a randomly initialised Llama big enough
 that weights matter (~64M parameters at the defaults), full fine-tuning, fp32,
@@ -32,54 +32,25 @@ Needs the project venv (axolotl on PATH). Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import os
-import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stability import DATA, common
-
-MEASURE = """
-import resource, subprocess, sys
-proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-sys.stderr.write((proc.stdout + proc.stderr)[-4000:] if proc.returncode else "")
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB, the largest descendant
-sys.exit(proc.returncode)
-"""
-
-
-def train_measured(cfg: dict, path: Path) -> float:
-    """Run `axolotl train` in a fresh process tree; returns the peak RSS of its training process (GiB)."""
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    proc = subprocess.run(
-        [sys.executable, "-c", MEASURE, "axolotl", "train", str(path)], capture_output=True, text=True, env=env
-    )
-    if proc.returncode != 0:
-        sys.exit(f"axolotl train {path} failed:\n{proc.stderr[-4000:]}")
-    return int(proc.stdout.strip().splitlines()[-1]) / 2**20
-
-
-def step_seconds(out: Path) -> float:
-    """Median gap between consecutive training steps (the first step, which follows start-up
-    and SPIN's generation pass, is only the reference point)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    for events in sorted(out.joinpath("runs").rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
-        acc.Reload()
-        if "train/loss" in acc.Tags()["scalars"]:
-            times = [e.wall_time for e in acc.Scalars("train/loss")]
-            return statistics.median(b - a for a, b in itertools.pairwise(times))
-    raise RuntimeError(f"no train/loss in {out}")
-
+from bench_common import (
+    CHAT_DATA,
+    add_results_argument,
+    axolotl_config,
+    axolotl_env,
+    axolotl_train,
+    machine,
+    markdown_table,
+    read_jsonl,
+    step_seconds,
+    write_results,
+)
 
 GENERATE_LIKE_OFFICIAL = """
 import json, sys, torch
@@ -101,11 +72,8 @@ with open(out_file, "w") as out, torch.no_grad():
 
 
 def timed(command: list[str]) -> float:
-    import time
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, env=axolotl_env(), check=False)
     if proc.returncode != 0:
         sys.exit(f"{command[:3]} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     return time.perf_counter() - start
@@ -113,44 +81,39 @@ def timed(command: list[str]) -> float:
 
 def dpo_pairs(spin_out: Path, path: Path) -> int:
     """The SPIN run's iteration-0 pairs as a DPO file (the pairs SPIN trained on)."""
-    rows = [json.loads(line) for line in (spin_out / "selfplay" / "iter_0.jsonl").read_text().splitlines()]
-    pairs = [
-        {"prompt": r["prompt"], "chosen": r["real"], "rejected": r["generated"]} for r in rows if r["status"] == "ok"
-    ]
+    rows = read_jsonl(spin_out / "selfplay" / "iter_0.jsonl")
+    pairs = [{"prompt": r["prompt"], "chosen": r["real"], "rejected": r["generated"]} for r in rows if r["status"] == "ok"]
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return len(pairs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="outputs/step_vs_dpo")
+    parser.add_argument("--workdir", type=Path, default=Path("outputs/bench/step_vs_dpo"))
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    add_results_argument(parser)
     args = parser.parse_args()
-    work = Path(args.workdir).resolve()
+    work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
 
     from axolotl_selfplay.cli import build_tiny_model
 
     model = work / "model"
     if not (model / "model.safetensors").exists():
-        build_tiny_model(str(model), data_file=str(DATA), hidden_size=args.hidden, num_layers=args.layers)
+        build_tiny_model(str(model), data_file=str(CHAT_DATA), hidden_size=args.hidden, num_layers=args.layers)
     from safetensors import safe_open
 
     with safe_open(str(model / "model.safetensors"), "pt") as f:
         params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (safe_open is not a dict)
 
-    spin_out = work / "spin"
-    cfg = common(str(model), spin_out, seed=0)
-    cfg.update({"rl": "spin", "micro_batch_size": args.micro_batch, "learning_rate": 1e-5})
+    common = {"micro_batch_size": args.micro_batch, "learning_rate": 1e-5, "seed": 0}
+    spin_out = work / "spin" / "run"
+    cfg = axolotl_config(model, spin_out, rl="spin", **common)
     cfg["selfplay"] = {"iterations": 1, "generation": {"max_new_tokens": args.max_new_tokens, "batch_size": 16}}
-    import time
-
-    start = time.perf_counter()
-    spin_rss = train_measured(cfg, work / "spin.yml")
-    spin_wall = time.perf_counter() - start
+    spin = axolotl_train(cfg, spin_out.parent, measure_memory=True)
     spin_step = step_seconds(spin_out)
 
     pairs = dpo_pairs(spin_out, work / "pairs.jsonl")
@@ -160,30 +123,27 @@ def main() -> None:
         [sys.executable, "-c", GENERATE_LIKE_OFFICIAL, str(model), str(work / "pairs.jsonl"),
          str(work / "generated.jsonl"), "16", str(args.max_new_tokens)]
     )
-    dpo_out = work / "dpo"
-    cfg = common(str(model), dpo_out, seed=0)
-    cfg.update({"rl": "dpo", "rl_beta": 0.1, "micro_batch_size": args.micro_batch, "learning_rate": 1e-5})
-    cfg["datasets"] = [{"path": str(work / "pairs.jsonl"), "type": "passthrough"}]
-    cfg.pop("plugins", None)  # plain Axolotl DPO
-    start = time.perf_counter()
-    dpo_rss = train_measured(cfg, work / "dpo.yml")
-    dpo_wall = time.perf_counter() - start
+    dpo_out = work / "dpo" / "run"
+    cfg = axolotl_config(model, dpo_out, rl="dpo", rl_beta=0.1, plugins=None,  # plain Axolotl DPO
+                         datasets=[{"path": str(work / "pairs.jsonl"), "type": "passthrough"}], **common)
+    dpo = axolotl_train(cfg, dpo_out.parent, measure_memory=True)
     dpo_step = step_seconds(dpo_out)
 
-    print(f"model: Llama {args.hidden}×{args.layers}, {params / 1e6:.0f}M parameters (fp32), "
-          f"{pairs} pairs, micro-batch {args.micro_batch} pairs, AdamW, full fine-tuning\n")
-    print("| arm | step time (s) | peak RSS (GiB) |")
-    print("|---|---|---|")
-    print(f"| spin (no reference model) | {spin_step:.2f} | {spin_rss:.2f} |")
-    print(f"| TRL DPOTrainer (live reference) | {dpo_step:.2f} | {dpo_rss:.2f} |")
-    print(f"| ratio spin / dpo | {spin_step / dpo_step:.2f} | {spin_rss / dpo_rss:.2f} |")
-    pipeline = generation_wall + dpo_wall
-    print("\n| one whole iteration | wall time (s) |")
-    print("|---|---|")
-    print(f"| spin: one `axolotl train` (generate + score + train) | {spin_wall:.1f} |")
-    print(f"| official-style pipeline: generate script + DPO run | {pipeline:.1f} "
-          f"({generation_wall:.1f} + {dpo_wall:.1f}) |")
-    print(f"| ratio spin / pipeline | {spin_wall / pipeline:.2f} |")
+    header = (f"Llama {args.hidden}×{args.layers}, {params / 1e6:.0f}M parameters (fp32), {pairs} pairs, micro-batch "
+              f"{args.micro_batch} pairs, AdamW, full fine-tuning. Measured on {machine()}.\n\n")
+    step = markdown_table(["arm", "step time (s)", "peak RSS (GiB)"], [
+        ["spin (no reference model)", f"{spin_step:.2f}", f"{spin.peak_rss_gib:.2f}"],
+        ["TRL DPOTrainer (live reference)", f"{dpo_step:.2f}", f"{dpo.peak_rss_gib:.2f}"],
+        ["ratio spin / dpo", f"**{spin_step / dpo_step:.2f}**", f"**{spin.peak_rss_gib / dpo.peak_rss_gib:.2f}**"],
+    ])
+    pipeline = generation_wall + dpo.seconds
+    iteration = markdown_table(["one whole iteration", "wall time (s)"], [
+        ["spin: one `axolotl train` (start-up, generate, score, train, save)", f"{spin.seconds:.1f}"],
+        ["official-style pipeline: generation script + DPO run",
+         f"{pipeline:.1f} ({generation_wall:.1f} + {dpo.seconds:.1f})"],
+        ["ratio spin / pipeline", f"**{spin.seconds / pipeline:.2f}**"],
+    ])
+    write_results(args.results, "step_vs_dpo", header + step + "\n\n" + iteration + "\n")
 
 
 def _numel(shape) -> int:

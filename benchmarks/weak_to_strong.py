@@ -49,25 +49,34 @@ Needs the project venv (axolotl on PATH). About an hour on 2 CPU cores with
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stability import scalars  # the shared TensorBoard reader
+from bench_common import (
+    add_results_argument,
+    axolotl_config,
+    axolotl_train,
+    chat_dataset,
+    chat_prompts,
+    greedy_replies,
+    load_for_eval,
+    mean_sd,
+    scalars,
+    write_results,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
 ITERATIONS = 3
 REGIMES = {
     "weak": "θ0 stopped mid-way",
@@ -114,32 +123,12 @@ def write_chat(path: Path, problems) -> None:
 
 def evaluate(model_dir: Path, tokenizer_dir: Path, problems, batch_size: int = 250) -> dict:
     """Greedy exact match and mean log-prob of the real answer (summed over its tokens and <|im_end|>)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from axolotl_selfplay.generation import score_responses
 
-    from axolotl_selfplay.generation import generate_responses, score_responses
-    from axolotl_selfplay.sampling import SamplingSpec
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": question(a, b)}], tokenize=False, add_generation_prompt=True
-        )
-        for a, b in problems
-    ]
-    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    model, tokenizer = load_for_eval(model_dir, tokenizer_dir)
+    prompts = chat_prompts(tokenizer, [question(a, b) for a, b in problems])
     replies = [tokenizer(answer(a, b) + "<|im_end|>", add_special_tokens=False)["input_ids"] for a, b in problems]
-    generated = generate_responses(
-        model,
-        prompts,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_ids={tokenizer.eos_token_id},
-        spec=SamplingSpec.greedy(max_new_tokens=6),
-        batch_size=batch_size,
-        seed=0,
-    )
-    texts = tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
+    texts = greedy_replies(model, tokenizer, prompts, max_new_tokens=6, batch_size=batch_size)
     correct = sum(text.strip() == answer(a, b) for text, (a, b) in zip(texts, problems))
     logps = score_responses(model, prompts, replies, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
     return {"em": correct / len(problems), "logp": statistics.fmean(logps)}
@@ -149,70 +138,30 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, problems, batch_size: int = 2
 
 
 def base_config(model: Path, tokenizer: Path, out: Path, data: Path, seed: int, lr: float, args) -> dict:
-    cfg = {
-        "base_model": str(model),
-        "tokenizer_config": str(tokenizer),
-        "tokenizer_type": "AutoTokenizer",
-        "datasets": [
-            {
-                "path": str(data),
-                "type": "chat_template",
-                "field_messages": "messages",
-                "roles_to_train": ["assistant"],
-                "train_on_eos": "turn",
-            }
-        ],
-        "chat_template": "tokenizer_default",
-        "dataset_prepared_path": str(out.parent / f"prepared-{out.name}"),  # per run: jobs run concurrently
-        "val_set_size": 0,
-        "sequence_len": 64,
-        "sample_packing": False,
-        "output_dir": str(out),
-        "micro_batch_size": args.batch_size,
-        "gradient_accumulation_steps": 1,
-        "optimizer": "adamw_torch",
-        "learning_rate": lr,
-        "lr_scheduler": "constant",
-        "warmup_steps": 0,
-        "weight_decay": 0.0,
-        "seed": seed,
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "attn_implementation": "sdpa",
-        "logging_steps": 1,
-        "save_strategy": "steps",
-        "save_only_model": True,
-        "save_total_limit": 1000,  # Axolotl keeps 4 by default; every checkpoint is evaluated
-        "use_tensorboard": True,
-        "dataloader_num_workers": 0,
-    }
-    from importlib.metadata import version
-
-    if tuple(int(x) for x in version("axolotl").split(".")[:2]) < (0, 20):
-        cfg["plugins"] = [PLUGIN]  # Axolotl < 0.20 finds the plugin only through this line
-    return cfg
+    return axolotl_config(
+        model,
+        out,
+        tokenizer_config=str(tokenizer),
+        datasets=[chat_dataset(data)],
+        dataset_prepared_path=str(out.parent / f"prepared-{out.name}"),  # per run: jobs run concurrently
+        sequence_len=64,
+        sample_packing=False,
+        micro_batch_size=args.batch_size,
+        learning_rate=lr,
+        warmup_steps=0,
+        weight_decay=0.0,
+        seed=seed,
+        save_strategy="steps",
+        save_only_model=True,
+        save_total_limit=1000,  # Axolotl keeps 4 by default; every checkpoint is evaluated
+    )
 
 
-def axolotl_train(cfg: dict, out: Path) -> float:
-    """One `axolotl train` subprocess (one thread); returns wall seconds."""
+def train(cfg: dict, out: Path) -> float:
+    """One `axolotl train` subprocess (one thread) in a fresh `out`; returns wall seconds."""
     if out.exists():
         shutil.rmtree(out)  # TensorBoard events would accumulate
-    out.mkdir(parents=True)
-    config = out / "config.yml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")  # this checkout's package
-    env["OMP_NUM_THREADS"] = "1"
-    start = time.monotonic()
-    proc = subprocess.run(
-        ["axolotl", "train", str(config)], check=False, capture_output=True, text=True, env=env, cwd=str(out)
-    )
-    (out / "train.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"axolotl train {config} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    return time.monotonic() - start
+    return axolotl_train(cfg, out, threads=1).seconds
 
 
 def checkpoints(out: Path) -> dict[int, Path]:
@@ -235,7 +184,7 @@ def sft_start(seed: int, work: Path, data: Path, dev, args) -> dict:
         seconds = float("nan")  # a finished θ0 run of an earlier invocation, same settings: reused
     else:
         build_tiny_model(str(base), str(data), hidden_size=args.hidden_size, num_layers=args.layers, seed=seed)
-        seconds = axolotl_train(cfg, out)
+        seconds = train(cfg, out)
     curve = {step: evaluate(path, base, dev)["em"] for step, path in checkpoints(out).items()}
     steps = list(curve)
     weak = next((s for s in steps if curve[s] >= args.weak_at), steps[0])
@@ -280,7 +229,7 @@ def run_arm(arm: str, start: Path, tokenizer: Path, out: Path, data: Path, seed:
             **overrides,
             "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_size": 256},
         }
-    seconds = axolotl_train(cfg, out)
+    seconds = train(cfg, out)
     saved = checkpoints(out)
     if list(saved) != [per_iteration * (t + 1) for t in range(ITERATIONS)]:
         raise RuntimeError(f"{out}: expected a checkpoint at every iteration boundary, found {list(saved)}")
@@ -312,11 +261,6 @@ def tensorboard_iteration(out: Path, t: int) -> dict:
 
 
 # -- report ----------------------------------------------------------------------------
-
-
-def mean_sd(values: list[float], digits_: int = 3) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits_}f} ± {sd:.{digits_}f}"
 
 
 def report(results: dict, args) -> None:
@@ -420,6 +364,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--starts-only", action="store_true", help="run the θ0 SFT and pick the starts, then stop")
+    add_results_argument(parser)
     args = parser.parse_args()
     if "converged" in args.regimes and not ("plateau" in args.regimes and "sft" in args.arms):
         parser.error("--regimes converged starts from the plateau's continued-SFT arm: add `plateau` and arm `sft`")
@@ -527,7 +472,10 @@ def main() -> None:
                         pending.update({pool.submit(one, job): ("arm", job) for job in arm_jobs(seed, ["converged"])})
     if args.starts_only:
         return
-    report(results, args)
+    tables = io.StringIO()
+    with redirect_stdout(tables):
+        report(results, args)
+    write_results(args.results, "weak_to_strong", tables.getvalue())
     print(f"\ntotal wall time {time.monotonic() - began:.0f}s")
 
 

@@ -16,6 +16,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# The config skeleton and TensorBoard reader the benchmarks use (stdlib + yaml only at import).
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_common import axolotl_config, scalars  # noqa: E402
 DEMO_DATA = REPO / "example_configs" / "data" / "tiny_chat.jsonl"
 ARITHMETIC_DATA = REPO / "example_configs" / "data" / "arithmetic_sft.jsonl"
 ARITHMETIC_REWARD = REPO / "example_configs" / "rewards" / "arithmetic.py"
@@ -119,43 +122,15 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 def base_config(model_dir: Path, out: Path, **overrides) -> dict:
-    """A small CPU SPIN config in the shape a user would write."""
-    cfg = {
-        "base_model": str(model_dir),
-        "tokenizer_type": "AutoTokenizer",
-        "rl": "spin",
-        "selfplay": {"iterations": 2, "epochs_per_iteration": 1, "generation": {"max_new_tokens": 12, "batch_size": 32}},
-        "datasets": [
-            {
-                "path": str(DEMO_DATA),
-                "type": "chat_template",
-                "field_messages": "messages",
-                "roles_to_train": ["assistant"],
-                "train_on_eos": "turn",
-            }
-        ],
-        "chat_template": "tokenizer_default",
-        "dataset_prepared_path": str(out / "prepared"),
-        "val_set_size": 0,
-        "sequence_len": 128,
-        "output_dir": str(out / "run"),
-        "micro_batch_size": 16,
-        "gradient_accumulation_steps": 1,
-        "optimizer": "adamw_torch",
-        "learning_rate": 1e-3,
-        "lr_scheduler": "constant",
-        "seed": 42,
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "attn_implementation": "sdpa",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "use_tensorboard": True,
-        "dataloader_num_workers": 0,
-    }
-    if NEEDS_PLUGINS_LINE:
-        cfg["plugins"] = [PLUGIN]
+    """A small CPU SPIN config in the shape a user would write (benchmarks/bench_common.py's skeleton)."""
+    cfg = axolotl_config(
+        model_dir,
+        out / "run",
+        rl="spin",
+        selfplay={"iterations": 2, "epochs_per_iteration": 1, "generation": {"max_new_tokens": 12, "batch_size": 32}},
+        learning_rate=1e-3,
+        seed=42,
+    )
     for key, value in overrides.items():
         if value is None:
             cfg.pop(key, None)
@@ -195,17 +170,7 @@ class Run:
 
     def scalars(self, tag: str) -> list[tuple[int, float]]:
         """(step, value) of a TensorBoard scalar, full float precision."""
-        from tensorboard.backend.event_processing.event_accumulator import (
-            EventAccumulator,
-        )
-
-        values = []
-        for events in sorted((self.output_dir / "runs").rglob("events.out.tfevents.*")):
-            acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
-            acc.Reload()
-            if tag in acc.Tags()["scalars"]:
-                values = [(e.step, e.value) for e in acc.Scalars(tag)]
-        return values
+        return scalars(self.output_dir, tag)
 
 
 def _is_number(text: str) -> bool:
@@ -277,3 +242,17 @@ def unchanged_parameters(model_dir: Path, output_dir: Path) -> list[str]:
     end = load_file(str(Path(output_dir) / "model.safetensors"))
     assert set(start) == set(end)
     return [name for name in start if start[name].equal(end[name])]
+
+
+def assert_rank_stores_agree(dumps: Path, examples: int, iteration: int) -> list[dict]:
+    """The 2-process tests' store dumps (tests/distributed_shim): every rank holds the same
+    metadata of every example and the tokens of its own half; rank 0 gathered the whole store."""
+    stores = [json.loads((dumps / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert stores[0]["metadata"] == stores[1]["metadata"]
+    assert stores[0].get("eval_metadata") == stores[1].get("eval_metadata")  # evaluation rows' store, if any
+    assert all(s["examples"] == examples and s["iteration"] == iteration for s in stores)
+    held = [set(s["held"]) for s in stores]
+    assert held[0] | held[1] == set(range(examples)) and not held[0] & held[1]
+    assert stores[0]["full_digest"] and stores[1]["full_digest"] is None
+    return stores
+

@@ -451,6 +451,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
     """Real replies cut at sequence_len lack the end of turn because of the cut, not `train_on_eos`."""
     from types import SimpleNamespace
 
+    from axolotl_selfplay.opponent import OpponentStore
     from axolotl_selfplay.trainers.spin import LOG, SelfPlayTrainer
 
     eos = tiny_tokenizer.eos_token_id
@@ -460,7 +461,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
         processing_class=tiny_tokenizer,
         accelerator=SimpleNamespace(unwrap_model=lambda m: m),
         model=SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos)),
-        opponents=SimpleNamespace(prompts=prompts, reals=reals),
+        opponents=OpponentStore(prompts, reals),
         args=SimpleNamespace(max_seq_length=64),
     )
     records = []
@@ -476,7 +477,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
     assert "; 1 real responses do not end with an end-of-turn token" in message  # row 2: train_on_eos
 
     records.clear()
-    trainer.opponents = SimpleNamespace(prompts=prompts[:1], reals=reals[:1])
+    trainer.opponents = OpponentStore(prompts[:1], reals[:1])
     LOG.addHandler(handler)
     try:
         SelfPlayTrainer._eos_token_ids(trainer)

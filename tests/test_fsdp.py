@@ -8,12 +8,11 @@ FSDP1 is rejected before the model loads. The CPU workarounds live in tests/dist
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 
 import pytest
-from conftest import REPO, axolotl_train, base_config, read_jsonl
+from conftest import REPO, assert_rank_stores_agree, axolotl_train, base_config, read_jsonl
 
 from axolotl_selfplay.config import check_compatible
 
@@ -66,8 +65,7 @@ def test_fsdp2_two_processes_spin_chi2_with_kl_to_base(tmp_path, tiny_model_dir)
     run = axolotl_train(cfg, tmp_path / "fsdp2.yml", extra_args=launcher, env=env, timeout=600)
     assert run.returncode == 0, run.output[-6000:]
     assert "generating with sharded weights" in run.output  # lockstep generation and scoring
-    stores = [json.loads((dumps / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert stores[0] == stores[1] and stores[0]["examples"] == 64 and stores[0]["iteration"] == 1
+    stores = assert_rank_stores_agree(dumps, examples=64, iteration=1)
     assert stores[0]["fsdp_sharded"] and stores[1]["fsdp_sharded"]  # the policy really was sharded
     losses = dict(run.scalars("train/loss"))
     assert len(losses) == 8 and losses[1] == pytest.approx(0.0, abs=1e-5)

@@ -9,7 +9,9 @@ training rows; a second rollout serves the evaluation rows):
 2. scores lp_θt(y|x) and lp_θt(y'|x) in the same no-grad pass, the older
    opponents kept by `history` included, so no reference model is ever held,
 3. with `kl_to_base` > 0 also scores the real and the new responses under θ_0,
-4. gathers every rank's shard, so each rank returns the same `IterationOpponents`.
+4. gathers every rank's metadata (lengths, statuses, log-probs), so each rank
+   returns the same `IterationOpponents`; the tokens of y' stay on the rank that
+   generated them, which holds them in the store (opponent.py).
 
 The trainer installs the result in its OpponentStore (trainers/spin.py).
 """
@@ -35,7 +37,7 @@ class IterationOpponents:
     iteration: int
     ref_logp_real: list[float]  # lp_θt(y|x)
     base_logp_real: list[float | None]  # lp_θ0(y|x); None without kl_to_base
-    pools: list[list[Opponent]]  # the new y' and the retained older ones, all scored under θ_t
+    pools: list[list[Opponent]]  # the new y' and the retained older ones, all scored under θ_t (tokens: this rank's shard only)
 
 
 class OpponentRollout:
@@ -73,9 +75,11 @@ class OpponentRollout:
 
         accelerator, store = self.accelerator, self.store
         rank, world = accelerator.process_index, accelerator.num_processes
-        shard = list(range(rank, len(store), world))
-        prompts = [store.prompts[i] for i in shard]
-        reals = [store.reals[i] for i in shard]
+        shard = store.shard()  # round-robin: the examples whose tokens this rank holds
+        prompts = [list(store.prompts[i]) for i in shard]
+        reals = [list(store.reals[i]) for i in shard]
+        # any prompt and response pad a rank's lists in lockstep (their results are dropped)
+        filler_prompt, filler_real = (prompts[0], reals[0]) if shard else ([self.sampler.pad_token_id],) * 2
         supplied = supplied or {}
         to_sample = [k for k, i in enumerate(shard) if i not in supplied]  # positions in the shard
         # ZeRO-3 with sharded weights: every forward is a collective, so all ranks run
@@ -97,7 +101,7 @@ class OpponentRollout:
         with unwrap_model_for_generation(model_wrapped, accelerator, gather_deepspeed3_params=self.gather) as model:
             to_prompt = [prompts[k] for k in to_sample]
             if not self.sampler.on_server:
-                to_prompt = pad(to_prompt, store.prompts[0])
+                to_prompt = pad(to_prompt, filler_prompt)
             samples = (
                 self.sampler.sample(
                     model,
@@ -131,8 +135,8 @@ class OpponentRollout:
             flat = [(k, o) for k, pool in enumerate(pools) for o in pool if o.status == USABLE]
             scores = score_responses(
                 model,
-                pad(prompts + [prompts[k] for k, _ in flat], store.prompts[0]),
-                pad(reals + [o.tokens for _, o in flat], store.reals[0]),
+                pad(prompts + [prompts[k] for k, _ in flat], filler_prompt),
+                pad(reals + [list(o.tokens) for _, o in flat], filler_real),
                 pad_token_id=self.sampler.pad_token_id,
                 batch_size=self.batch_size,
                 show_progress=accelerator.is_main_process,
@@ -142,17 +146,22 @@ class OpponentRollout:
                 opponent.ref_logp = score
             base_real = [store.base_logp_real[i] for i in shard]
             if self.kl_to_base > 0:
-                base_real = self._score_under_starting_model(model, prompts, reals, ref_real, base_real, new, at_start, pad)
+                base_real = self._score_under_starting_model(
+                    model, prompts, reals, ref_real, base_real, new, at_start, pad, (filler_prompt, filler_real)
+                )
 
         self.sampled, self.supplied = len(to_sample), len(shard) - len(to_sample)  # this rank's, for the log
-        part = [(shard, ref_real, base_real, pools)]
-        gathered = gather_object(part) if world > 1 else part
+        # Metadata to every rank; the tokens stay here.
+        part = [(shard, ref_real, base_real, [[o.without_tokens() for o in pool] for pool in pools])]
+        gathered = gather_object(part) if world > 1 else [(shard, ref_real, base_real, pools)]
         result = IterationOpponents(iteration, [0.0] * len(store), [None] * len(store), [[] for _ in range(len(store))])
         for part_shard, part_ref, part_base, part_pools in gathered:
             for i, ref, base, pool in zip(part_shard, part_ref, part_base, part_pools):
                 result.ref_logp_real[i] = ref
                 result.base_logp_real[i] = base
                 result.pools[i] = pool
+        for i, pool in zip(shard, pools):
+            result.pools[i] = pool
         return result
 
     def _check_sharded_scoring(self, model_wrapped) -> None:
@@ -170,7 +179,7 @@ class OpponentRollout:
         model = self.accelerator.unwrap_model(model_wrapped)
         return is_peft_model(model) and not self.starting_model.cfg.get("lora_model_dir")
 
-    def _score_under_starting_model(self, model, prompts, reals, ref_real, base_real, new, at_start, pad):
+    def _score_under_starting_model(self, model, prompts, reals, ref_real, base_real, new, at_start, pad, fillers):
         """lp_θ0 of the real responses (once per run) and of this iteration's new y'.
 
         θ_0 never changes, so older pooled opponents keep the value computed when
@@ -183,13 +192,12 @@ class OpponentRollout:
             for _, opponent in usable:
                 opponent.base_logp = opponent.ref_logp
             return list(ref_real)
-        store = self.store
         missing = [k for k, lp in enumerate(base_real) if lp is None]
         with self.starting_model.active(model):
             scores = score_responses(
                 model,
-                pad([prompts[k] for k in missing] + [prompts[k] for k, _ in usable], store.prompts[0]),
-                pad([reals[k] for k in missing] + [o.tokens for _, o in usable], store.reals[0]),
+                pad([prompts[k] for k in missing] + [prompts[k] for k, _ in usable], fillers[0]),
+                pad([reals[k] for k in missing] + [list(o.tokens) for _, o in usable], fillers[1]),
                 pad_token_id=self.sampler.pad_token_id,
                 batch_size=self.batch_size,
             )

@@ -45,7 +45,7 @@ from ..collator import INDEX_COLUMN
 from ..data import GAME_SEED_COLUMN
 from ..generation import end_of_turn_ids
 from ..guard import WeightsGuard, check_finite
-from ..logprobs import token_logps
+from ..logprobs import model_token_logps
 from ..losses import lsp_policy_loss
 from ..modeling import disable_dropout
 from ..reference import ReferenceModel
@@ -142,8 +142,8 @@ class LSPTrainer(AxolotlTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lsp = self.selfplay_config.lsp
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        logps, mask = token_logps(outputs.logits, inputs["labels"])
+        # log-probs at the labelled positions only, never the full logits (head_logps.py)
+        logps, mask = model_token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         ref = inputs.get("ref_logps")
         solver = inputs["is_solver"]
         losses, kls = {}, []
@@ -162,7 +162,7 @@ class LSPTrainer(AxolotlTrainer):
         loss = losses["solver"] + lsp.challenger_weight * losses["challenger"]
         kl_sum = float(torch.cat(kls).sum()) if kls else 0.0
         self._store_lsp_metrics(losses, float(loss.detach()), kl_sum, int(inputs["labels"].shape[0]))
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"logps": logps}) if return_outputs else loss
 
     # -- metrics and samples ---------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Flow, top to bottom:
 1. `__init__`: split every tokenized training row into prompt x and real
-   response y (data.py), keep them in an OpponentStore, and give each row an
-   index column the collator passes through.
+   response y (data.py), keep them in an OpponentStore (each rank the tokens of
+   its own examples), and give each row an index column the collator passes through.
 2. `begin_iteration` (at the first epoch of each iteration): the current policy
    θ_t becomes the opponent. The rollout (rollouts/spin.py) samples y', scores
    lp_θt(y|x) and lp_θt(y'|x), and the result is installed in the store; the
@@ -11,11 +11,12 @@ Flow, top to bottom:
    same way. The learning-rate schedule restarts and the optimizer state is
    reset (schedule.py, `begin_iteration_schedule`).
 3. `compute_loss`: joins the batch's examples with their opponents (all pooled
-   ones, or one drawn uniformly for fictitious play), runs ONE forward over
-   [real; generated], mixes the reference toward θ_0 when `kl_to_base` > 0, and
-   applies the SPIN or χ² loss (losses.py), plus `sft_weight` × the real
-   responses' NLL. Generation never happens here. `prediction_step` computes the
-   same on the evaluation rows.
+   ones, or one drawn uniformly for fictitious play), fetching their tokens from
+   the ranks holding them, runs ONE forward over [real; generated] (log-probs at
+   the response positions only, head_logps.py), mixes the reference toward θ_0
+   when `kl_to_base` > 0, and applies the SPIN or χ² loss (losses.py), plus
+   `sft_weight` × the real responses' NLL. Generation never happens here.
+   `prediction_step` computes the same on the evaluation rows.
 4. `_save_checkpoint` saves the stores beside the checkpoint; `train` loads them
    when resuming, so a resumed run keeps its opponents.
 
@@ -48,10 +49,10 @@ from transformers import TrainerCallback
 
 from .. import get_logger
 from ..collator import INDEX_COLUMN, pair_batch
-from ..data import build_examples, missing_end_of_turn_warning
+from ..data import iter_examples, missing_end_of_turn_warning
 from ..generation import end_of_turn_ids
 from ..guard import WeightsGuard, check_finite
-from ..logprobs import token_logps
+from ..logprobs import model_token_logps
 from ..losses import (
     mean_over_candidates,
     mix_reference,
@@ -92,16 +93,15 @@ class SelfPlayTrainer(AxolotlTrainer):
         self.model_accepts_loss_kwargs = False
         # iteration 0's y' given by `selfplay.opponents_from` (opponent_data.py)
         self.train_dataset, self.supplied_opponents = take_supplied_opponents(self.train_dataset)
-        prompts, reals = build_examples(self.train_dataset)
-        self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(prompts))))
-        # `history` is set in train(): Axolotl attaches the config after construction.
-        self.opponents = OpponentStore(prompts, reals)
+        # Each rank keeps the tokens of its own examples (opponent.py); `history` is set in
+        # train(): Axolotl attaches the config after construction.
+        self.opponents = self._store_of(self.train_dataset)
+        self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(self.train_dataset))))
         # Evaluation rows get opponents of their own at every iteration (`prediction_step`).
         self.eval_opponents = None
         if self.eval_dataset is not None:
-            eval_prompts, eval_reals = build_examples(self.eval_dataset)
-            self.eval_dataset = self.eval_dataset.add_column(INDEX_COLUMN, list(range(len(eval_prompts))))
-            self.eval_opponents = OpponentStore(eval_prompts, eval_reals)
+            self.eval_opponents = self._store_of(self.eval_dataset)
+            self.eval_dataset = self.eval_dataset.add_column(INDEX_COLUMN, list(range(len(self.eval_dataset))))
         self._schedule_iteration = None  # the iteration whose schedule and optimizer were started
         tokenizer = self.processing_class
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -120,8 +120,7 @@ class SelfPlayTrainer(AxolotlTrainer):
 
     def _eos_token_ids(self) -> set[int]:
         ids = end_of_turn_ids(self.processing_class, self.accelerator.unwrap_model(self.model))
-        store = self.opponents
-        warning = missing_end_of_turn_warning(store.prompts, store.reals, ids, getattr(self.args, "max_seq_length", None))
+        warning = missing_end_of_turn_warning(self.opponents, ids, getattr(self.args, "max_seq_length", None))
         if warning:
             LOG.warning(warning)
         return ids
@@ -183,13 +182,13 @@ class SelfPlayTrainer(AxolotlTrainer):
 
     def _save_checkpoint(self, model, trial, **kwargs):
         super()._save_checkpoint(model, trial, **kwargs)
-        if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            self.opponents.save(folder, STATE_FILE)
-            if self.eval_opponents is not None:
-                self.eval_opponents.save(folder, EVAL_STATE_FILE)
+        # every rank takes part (the stores' tokens are sharded); the main process writes
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self.opponents.save(folder, STATE_FILE)
+        if self.eval_opponents is not None:
+            self.eval_opponents.save(folder, EVAL_STATE_FILE)
 
     # -- the learning-rate schedule and the optimizer, per iteration (schedule.py) --
 
@@ -262,10 +261,17 @@ class SelfPlayTrainer(AxolotlTrainer):
         self._export(self.eval_opponents, f"eval_iter_{iteration}.jsonl")
 
     def _export(self, store: OpponentStore, name: str) -> None:
-        if self.accelerator.is_main_process:
-            tokenizer = self.processing_class
-            path = os.path.join(self.args.output_dir, "selfplay", name)
-            store.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+        # every rank takes part (the store's tokens are sharded); the main process writes
+        tokenizer = self.processing_class
+        path = os.path.join(self.args.output_dir, "selfplay", name)
+        store.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+
+    def _store_of(self, dataset) -> OpponentStore:
+        """An OpponentStore of `dataset`'s rows, each rank holding the tokens of its shard."""
+        accelerator = self.accelerator
+        return OpponentStore.from_examples(
+            iter_examples(dataset), len(dataset), rank=accelerator.process_index, world=accelerator.num_processes
+        )
 
     # -- loss ------------------------------------------------------------------
 
@@ -300,8 +306,8 @@ class SelfPlayTrainer(AxolotlTrainer):
         if train_eval == "train" and hasattr(self, "_accumulate_token_counts") and self.args.include_tkps:
             self._accumulate_token_counts({"labels": batch["labels"]})
 
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        per_token, mask = token_logps(outputs.logits, batch["labels"])
+        # log-probs at the response positions only, never the (B + P, T, V) logits (head_logps.py)
+        per_token, mask = model_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         logps = per_token.sum(-1)  # (B + P,): sums over each response's tokens
         all_real_logps = logps[: len(examples)]  # (B,): one per example
         real_tokens = mask[: len(examples)].sum(-1)  # (B,)
@@ -345,7 +351,7 @@ class SelfPlayTrainer(AxolotlTrainer):
             selection.counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples,
             (all_real_logps.detach().sum(), real_tokens.sum()), train_eval,
         )
-        return loss, outputs
+        return loss, {"logps": logps}
 
     # -- metrics ---------------------------------------------------------------
 
@@ -415,17 +421,16 @@ class SelfPlayTrainer(AxolotlTrainer):
         self.store_metrics(metrics, train_eval=train_eval)
 
     def log_refresh_summary(self) -> None:
-        pool = [o for p in self.opponents.pool for o in p if o.iteration == self.opponents.iteration]
-        n = max(len(pool), 1)
+        summary = self.opponents.summary(self.opponents.iteration)
         LOG.info(
             "self-play iteration %d: %d opponents, mean length %.1f, truncated %.1f%%, "
             "identical %.1f%%, empty %.1f%%",
             self.opponents.iteration,
-            len(pool),
-            sum(len(o.tokens) for o in pool) / n,
-            100 * sum(o.truncated for o in pool) / n,
-            100 * sum(o.status == "identical" for o in pool) / n,
-            100 * sum(o.empty for o in pool) / n,
+            summary["opponents"],
+            summary["length"],
+            100 * summary["truncated"],
+            100 * summary["identical"],
+            100 * summary["empty"],
         )
 
 

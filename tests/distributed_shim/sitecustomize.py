@@ -22,9 +22,10 @@ shared/research/deepspeed_cpu.md; none is needed on GPUs):
    storage"): gather each DTensor with `full_tensor()` instead.
 It also skips DeepSpeed's JIT build of an inference-only shared-memory op (45 s).
 
-With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent stores
-(training and evaluation rows) to DIR/rank{RANK}.json when training ends, so a test
-can check all ranks agree.
+With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent stores'
+metadata (training and evaluation rows) and the examples whose tokens it holds to
+DIR/rank{RANK}.json when training ends, so a test can check all ranks agree and share
+the tokens out.
 """
 
 import functools
@@ -141,20 +142,40 @@ if "LOCAL_RANK" in os.environ:
             result = _train(self, *args, **kwargs)
             store = getattr(self, "opponents", None)
             if store is not None:
+                import io
 
-                def digest_of(store):
+                import torch
+
+                def metadata_of(store):
+                    """The metadata every rank holds for all examples (None: no such store)."""
                     if store is None:
                         return None
-                    return hashlib.sha256(json.dumps(store.state_dict(), sort_keys=True).encode()).hexdigest()
+                    metadata = {
+                        "ref": store.ref_logp_real,
+                        "base": store.base_logp_real,
+                        "pool": [[(o.iteration, o.length, o.status, o.ref_logp, o.base_logp, o.truncated, o.empty)
+                                  for o in pool] for pool in store.pool],
+                    }
+                    return hashlib.sha256(json.dumps(metadata).encode()).hexdigest()
 
-                digest = digest_of(store)
+                # Every rank: the metadata it holds for all examples, and which examples' tokens
+                # it holds. Rank 0: a digest of the whole store (gathered, a collective).
+                state = store.state_dict()
+                full = None
+                if state is not None:
+                    buffer = io.BytesIO()
+                    torch.save(state, buffer)
+                    full = hashlib.sha256(buffer.getvalue()).hexdigest()
                 path = os.path.join(os.environ["SELFPLAY_TEST_STORE_DUMP"], f"rank{os.environ['RANK']}.json")
                 # FSDP2 shards parameters as DTensors: record that the policy really was sharded
                 sharded = any(hasattr(p, "to_local") for p in self.model.parameters())
                 with open(path, "w") as f:
                     json.dump(
-                        {"iteration": store.iteration, "examples": len(store), "digest": digest, "fsdp_sharded": sharded,
-                         "eval_digest": digest_of(getattr(self, "eval_opponents", None))},
+                        {"iteration": store.iteration, "examples": len(store),
+                         "metadata": metadata_of(store),
+                         "eval_metadata": metadata_of(getattr(self, "eval_opponents", None)),
+                         "held": [i for i in range(len(store)) if store.holds(i)],
+                         "held_tokens": store.nbytes() // 4, "full_digest": full, "fsdp_sharded": sharded},
                         f,
                     )
             return result
