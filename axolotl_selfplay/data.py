@@ -7,11 +7,21 @@ including its end-of-turn token with `train_on_eos: turn`); everything before it
 is the prompt x. Earlier assistant turns of a multi-turn conversation thus stay
 in the prompt, and x ends exactly where the chat template's generation prompt
 ends, so generation and training see the same template.
+
+y must end exactly as a generated y' does: at the first end-of-turn token
+(generation stops there). Which tokens Axolotl labels around the end of a turn
+depends on the family's template and on `train_on_eos` / `eot_tokens`, so
+`split_prompt_response` aligns y to the end-of-turn tokens when it is given them:
+- Gemma ends a turn with `<end_of_turn>`, not its EOS token `<eos>`: without
+  `eot_tokens` Axolotl leaves `<end_of_turn>` unlabelled, and y must still end with it.
+- Phi-3's template puts its EOS token after the turn's `<|end|>` and a newline; with
+  `train_on_eos: turn` that lone EOS is the last labelled span, and taken alone it
+  would make the whole answer part of the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from .logprobs import IGNORE_INDEX
 
@@ -20,29 +30,58 @@ class NoAssistantTurnError(ValueError):
     """A dataset row has no trainable (assistant) tokens to use as the real response."""
 
 
+# Axolotl labels an end-of-turn/EOS token found up to this many tokens after a turn's
+# content (template padding, e.g. "\n"); the same tolerance links y to its end token.
+END_OF_TURN_GAP = 3
+
+
 def split_prompt_response(
-    input_ids: Sequence[int], labels: Sequence[int]
+    input_ids: Sequence[int], labels: Sequence[int], end_ids: Collection[int] = ()
 ) -> tuple[list[int], list[int]]:
     """Split one tokenized row at its last labelled span.
 
     Returns (prompt_ids, response_ids). An unlabelled tail after the span (e.g.
     the newline a template puts after the end-of-turn token) is dropped.
+    With `end_ids` (the tokens generation stops at) the response is aligned to
+    them: a last span made only of end tokens a few tokens after the content
+    (Phi-3's conversation-final EOS) joins the content before it, and the
+    response ends right after its first end token, even an unlabelled one right
+    after the span (Gemma's `<end_of_turn>` without `eot_tokens`).
     Raises NoAssistantTurnError when no token is labelled.
     """
-    end = len(labels)
-    while end > 0 and labels[end - 1] == IGNORE_INDEX:
-        end -= 1
-    if end == 0:
+    spans = _labelled_spans(labels)
+    if not spans:
         raise NoAssistantTurnError("row has no labelled tokens")
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
+    start, end = spans[-1]
+    if end_ids:
+        only_end_tokens = all(t in end_ids for t in input_ids[start:end])
+        if only_end_tokens and len(spans) > 1 and start - spans[-2][1] <= END_OF_TURN_GAP:
+            start = spans[-2][0]
+        for position in range(start, min(end + END_OF_TURN_GAP, len(input_ids))):
+            if input_ids[position] in end_ids:
+                end = position + 1
+                break
     return list(input_ids[:start]), list(input_ids[start:end])
 
 
-def build_examples(dataset) -> tuple[list[list[int]], list[list[int]]]:
+def _labelled_spans(labels: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) of every maximal run of labelled positions, in order."""
+    spans, start = [], None
+    for position, label in enumerate(labels):
+        if label != IGNORE_INDEX and start is None:
+            start = position
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append((start, position))
+            start = None
+    if start is not None:
+        spans.append((start, len(labels)))
+    return spans
+
+
+def build_examples(dataset, end_ids: Collection[int] = ()) -> tuple[list[list[int]], list[list[int]]]:
     """Prompts and real responses of every row of a tokenized training dataset
-    (anything with `input_ids` and `labels` columns: a `datasets.Dataset` or a dict).
+    (anything with `input_ids` and `labels` columns: a `datasets.Dataset` or a dict),
+    responses aligned to the end-of-turn tokens `end_ids` (see split_prompt_response).
 
     Raises NoAssistantTurnError naming the first row without an assistant turn
     and the fix, so the user learns it before any training step.
@@ -51,7 +90,7 @@ def build_examples(dataset) -> tuple[list[list[int]], list[list[int]]]:
     # Whole columns at once: much faster than row access on an Arrow dataset.
     for index, (input_ids, labels) in enumerate(zip(dataset["input_ids"], dataset["labels"])):
         try:
-            prompt, real = split_prompt_response(input_ids, labels)
+            prompt, real = split_prompt_response(input_ids, labels, end_ids)
         except NoAssistantTurnError:
             raise NoAssistantTurnError(
                 f"training row {index} has no assistant response to learn from (all of "

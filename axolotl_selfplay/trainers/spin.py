@@ -60,13 +60,15 @@ class SelfPlayTrainer(AxolotlTrainer):
         super().__init__(*args, **kwargs)
         # We compute a per-pair mean; let HF scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
-        prompts, reals = build_examples(self.train_dataset)
+        tokenizer = self.processing_class
+        # y ends where generation stops (data.split_prompt_response), so the ids come first
+        end_ids = end_of_turn_ids(tokenizer, self.accelerator.unwrap_model(self.model))
+        prompts, reals = build_examples(self.train_dataset, end_ids)
         self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(prompts))))
         # `history` is set in train(): Axolotl attaches the config after construction.
         self.opponents = OpponentStore(prompts, reals)
-        tokenizer = self.processing_class
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_token_ids = self._eos_token_ids()
+        self.eos_token_ids = self._check_end_of_turn(end_ids)
 
     @classmethod
     def requires_all_columns(cls, cfg) -> bool:  # Axolotl >= 0.21 asks before building args
@@ -77,8 +79,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         # Read lazily: Axolotl sets `axolotl_cfg` after construction.
         return self.axolotl_cfg.selfplay
 
-    def _eos_token_ids(self) -> set[int]:
-        ids = end_of_turn_ids(self.processing_class, self.accelerator.unwrap_model(self.model))
+    def _check_end_of_turn(self, ids: set[int]) -> set[int]:
         ends = {real[-1] for real in self.opponents.reals}
         if not ends <= ids:
             LOG.warning(
