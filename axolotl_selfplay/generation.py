@@ -56,6 +56,16 @@ def end_of_turn_ids(tokenizer, model) -> set[int]:
     return ids
 
 
+# `generate` fills every option the call leaves unset from the checkpoint's
+# generation_config.json, then from transformers' own defaults: Qwen2.5 ships top_k 20
+# and repetition_penalty 1.05, Gemma-3 top_k 64, and transformers itself samples
+# top-k 50. Self-play needs y' drawn from the policy itself (its log-probs are the
+# reference; LSP's gradient is on-policy), shaped only by the `generation` keys, as
+# the vLLM backend samples (TRL's client sends the same neutral values).
+PLAIN_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "num_beams": 1}
+PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+
+
 def cut_at_eos(tokens: list[int], eos_token_ids: set[int]) -> tuple[list[int], bool]:
     """Keep tokens up to and including the first EOS.
 
@@ -94,7 +104,7 @@ def generate_responses(
     was_training = model.training
     model.eval()
     results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
-    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    sampling = {"temperature": temperature, "top_p": top_p, **PLAIN_SAMPLING} if do_sample else {}
     try:
         with seeded_rng(seed, device), _progress(len(prompts), "self-play: generating opponents", show_progress) as bar:
             for batch in _length_sorted_batches([len(p) for p in prompts], batch_size):
@@ -115,6 +125,7 @@ def generate_responses(
                     eos_token_id=sorted(eos_token_ids),
                     use_cache=True,
                     synced_gpus=synced_gpus,
+                    **PLAIN_DECODING,
                     **sampling,
                 )
                 for row, i in enumerate(batch):
