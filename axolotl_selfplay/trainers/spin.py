@@ -69,6 +69,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         self.opponents = OpponentStore(prompts, reals)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = self._check_end_of_turn(end_ids)
+        self._pair_sums = None  # metric sums since the last log (see _store_pair_metrics)
 
     @classmethod
     def requires_all_columns(cls, cfg) -> bool:  # Axolotl >= 0.21 asks before building args
@@ -179,7 +180,12 @@ class SelfPlayTrainer(AxolotlTrainer):
     # -- metrics ---------------------------------------------------------------
 
     def _store_pair_metrics(self, counts, real_rewards, generated_rewards, real_logps, generated_logps, penalties):
-        """Sums over this rank's pairs, reduced over ranks, then averaged per pair."""
+        """Sums over this rank's pairs, reduced over ranks and accumulated until the next log.
+
+        `log` divides them once, so a logged value is the mean over every pair since the
+        last log, however gradient accumulation split the step into micro-batches (a mean
+        of micro-batch means would weigh a micro-batch of 3 kept pairs like one of 32).
+        """
         real_rewards = real_rewards.detach().float()
         generated_rewards = generated_rewards.detach().float()
         sums = torch.tensor(
@@ -204,7 +210,16 @@ class SelfPlayTrainer(AxolotlTrainer):
         )
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        (penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty, candidates) = sums.tolist()
+        self._pair_sums = sums if self._pair_sums is None else self._pair_sums + sums
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self._pair_sums is not None:
+            logs.update(self._pair_means(self._pair_sums.tolist()))
+            self._pair_sums = None
+        return super().log(logs, *args, **kwargs)
+
+    def _pair_means(self, sums: list[float]) -> dict[str, float]:
+        (penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty, candidates) = sums
         per_pair = max(n, 1.0)
         metrics = {
             "rewards/real": r_real / per_pair,
@@ -220,9 +235,9 @@ class SelfPlayTrainer(AxolotlTrainer):
             "opponent/age": age / per_pair,
             "selfplay/iteration": float(self.opponents.iteration),
         }
-        if penalties is not None:
+        if self.selfplay_config.type == "spin_chi2":
             metrics["chi2/penalty"] = penalty / per_pair
-        self.store_metrics(metrics)
+        return metrics
 
     def log_refresh_summary(self) -> None:
         pool = [o for p in self.opponents.pool for o in p if o.iteration == self.opponents.iteration]
