@@ -113,6 +113,19 @@ def build_examples(dataset, end_ids: Collection[int] = ()) -> tuple[list[list[in
 _DEFAULT_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant", "system": "system", "tool": "tool"}
 
 
+def _message_fields(dataset_cfg) -> tuple[str, str, str, dict]:
+    """(messages column, role key, content key, source role -> template role), as Axolotl's
+    `chat_template` options read them: `field_messages`, `message_property_mappings` /
+    `message_field_role` / `message_field_content`, `roles`."""
+    field = dataset_cfg.get("field_messages") or "messages"
+    mappings = dataset_cfg.get("message_property_mappings") or {}
+    role_key = mappings.get("role") or dataset_cfg.get("message_field_role") or "role"
+    content_key = mappings.get("content") or dataset_cfg.get("message_field_content") or "content"
+    roles = dataset_cfg.get("roles")
+    role_map = {s: t for t, sources in roles.items() for s in sources} if roles else _DEFAULT_ROLES
+    return field, role_key, content_key, role_map
+
+
 def check_conversations(rows, dataset_cfg, name: str) -> None:
     """Raise if a conversation does not end with a trained assistant turn.
 
@@ -123,11 +136,7 @@ def check_conversations(rows, dataset_cfg, name: str) -> None:
     `message_property_mappings` / `message_field_role`, `roles`, `roles_to_train`.
     `rows` is a `datasets.Dataset` or a dict of columns.
     """
-    field = dataset_cfg.get("field_messages") or "messages"
-    mappings = dataset_cfg.get("message_property_mappings") or {}
-    role_key = mappings.get("role") or dataset_cfg.get("message_field_role") or "role"
-    roles = dataset_cfg.get("roles")
-    role_map = {s: t for t, sources in roles.items() for s in sources} if roles else _DEFAULT_ROLES
+    field, role_key, _, role_map = _message_fields(dataset_cfg)
     trained = {role_map.get(r, r) for r in (dataset_cfg.get("roles_to_train") or ["assistant"])}
     if field not in getattr(rows, "column_names", rows):
         raise ValueError(
@@ -154,10 +163,43 @@ def check_conversations(rows, dataset_cfg, name: str) -> None:
             )
 
 
+def check_template_accepts(rows, dataset_cfg, name: str, render) -> None:
+    """Raise, naming the row, if the chat template rejects a conversation.
+
+    Templates raise on conversations they do not support (Mistral's and Gemma-2's
+    reject a system turn; many insist that user and assistant alternate), and
+    Axolotl's tokenization then stops with the template's bare message. One row of
+    each sequence of roles is rendered with `render(messages)`.
+    """
+    field, role_key, content_key, role_map = _message_fields(dataset_cfg)
+    seen = set()
+    for index, messages in enumerate(rows[field]):
+        roles = tuple(role_map.get(m.get(role_key), m.get(role_key)) for m in messages)
+        if roles in seen:
+            continue
+        seen.add(roles)
+        try:
+            render([{"role": role, "content": str(m.get(content_key, ""))} for role, m in zip(roles, messages)])
+        except Exception as error:  # jinja2's TemplateError, raised by the template itself
+            hint = (
+                " This template has no system role: fold the system message into the first user "
+                "turn, drop it, or set `chat_template` to one that supports it."
+                if "system" in roles
+                else ""
+            )
+            raise ValueError(
+                f"dataset `{name}` row {index}: the chat template rejects this conversation "
+                f"(roles {list(roles)}): {error}.{hint}"
+            ) from None
+
+
 def check_selfplay_datasets(cfg) -> None:
     """Check every chat dataset of a SPIN config before any model loads."""
+    from axolotl.loaders import load_tokenizer
+    from axolotl.utils.chat_templates import get_chat_template_from_config
     from axolotl.utils.data.shared import load_dataset_with_config
 
+    tokenizer = None
     for dataset_cfg in cfg.get("datasets") or []:
         if not str(dataset_cfg.get("type") or "").startswith("chat_template"):
             # Other SFT formats (alpaca, ...) work too: the trainer splits their
@@ -167,7 +209,15 @@ def check_selfplay_datasets(cfg) -> None:
         dataset = load_dataset_with_config(dataset_cfg, cfg.get("hf_use_auth_token") or False)
         if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # DatasetDict
             dataset = dataset[dataset_cfg.get("split") or "train"]
-        check_conversations(dataset, dataset_cfg, str(dataset_cfg.get("path")))
+        name = str(dataset_cfg.get("path"))
+        check_conversations(dataset, dataset_cfg, name)
+        tokenizer = tokenizer or load_tokenizer(cfg)  # the tokenizer only: no model loads
+        template = get_chat_template_from_config(cfg, dataset_cfg, tokenizer)
+
+        def render(messages, template=template):
+            tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+
+        check_template_accepts(dataset, dataset_cfg, name, render)
 
 
 # -- LSP: games instead of examples ---------------------------------------------
