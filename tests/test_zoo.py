@@ -195,3 +195,15 @@ def test_generation_ignores_the_checkpoints_sampling_defaults(zoo):
     argmax, _ = cut_at_eos(ids[len(prompt) :], ends)
     assert len(set(argmax)) < len(argmax)  # it repeats a token: a repetition penalty would change it
     assert generate_responses(model, [prompt], do_sample=False, seed=0, **kwargs)[0][0] == argmax
+
+
+def test_dropout_option_sets_the_familys_dropout(tmp_path):
+    from transformers import AutoConfig
+
+    from axolotl_selfplay.tiny_models import build_tiny_model
+
+    llama = AutoConfig.from_pretrained(build_tiny_model(str(tmp_path / "llama"), dropout=0.1))
+    assert llama.attention_dropout == 0.1
+    phi3 = AutoConfig.from_pretrained(build_tiny_model(str(tmp_path / "phi3"), family="phi3", dropout=0.1))
+    assert (phi3.attention_dropout, phi3.resid_pdrop, phi3.embd_pdrop) == (0.1, 0.1, 0.1)
+    assert AutoConfig.from_pretrained(build_tiny_model(str(tmp_path / "plain"))).attention_dropout == 0.0
