@@ -166,6 +166,8 @@ class Family:
     config_eos: list[str] | None = None  # config.json eos_token_id (default: the tokenizer's eos)
     generation: dict = field(default_factory=dict)
     dropout_keys: tuple[str, ...] = ("attention_dropout",)
+    # the template's fixed text, which a real tokenizer encodes in a few tokens
+    template_text: tuple[str, ...] = ()
     # real models whose shape this copies (documentation only)
     shaped_like: str = ""
 
@@ -205,6 +207,7 @@ FAMILIES: dict[str, Family] = {
             "max_position_embeddings": 131072,
         },
         config_eos=["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
+        template_text=("system\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n",),
         generation={
             "bos_token_id": "<|begin_of_text|>",
             "do_sample": True,
@@ -221,6 +224,7 @@ FAMILIES: dict[str, Family] = {
         eos="<|im_end|>",
         pad="<|endoftext|>",
         chat_template=QWEN25_TEMPLATE,
+        template_text=("system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.",),
         config={
             "tie_word_embeddings": True,
             "rope_theta": 1000000.0,
@@ -248,6 +252,7 @@ FAMILIES: dict[str, Family] = {
         unk="<unk>",
         add_bos=True,
         chat_template=MISTRAL_TEMPLATE,
+        template_text=("[INST] ", " [/INST]"),
         # a window shorter than the test prompts, so the sliding-window masks are exercised
         config={"tie_word_embeddings": False, "sliding_window": 16},
         generation={"bos_token_id": "<s>", "eos_token_id": "</s>"},
@@ -262,6 +267,7 @@ FAMILIES: dict[str, Family] = {
         unk="<unk>",
         add_bos=True,
         chat_template=GEMMA2_TEMPLATE,
+        template_text=("user\n", "model\n"),
         config={
             "tie_word_embeddings": True,
             "attn_logit_softcapping": 50.0,
@@ -286,6 +292,7 @@ FAMILIES: dict[str, Family] = {
         unk="<unk>",
         add_bos=True,
         chat_template=GEMMA3_TEMPLATE,
+        template_text=("user\n", "model\n"),
         config={
             "tie_word_embeddings": True,
             "sliding_window": 16,
@@ -359,7 +366,7 @@ def _build_tokenizer(family: Family, data_file: str | None, vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer_model.train_from_iterator(_corpus(data_file), trainer=trainer)
+    tokenizer_model.train_from_iterator(_corpus(data_file) + list(family.template_text) * 20, trainer=trainer)
     if family.add_bos:
         bos_id = tokenizer_model.token_to_id(family.bos)
         tokenizer_model.post_processor = processors.TemplateProcessing(
