@@ -211,7 +211,8 @@ def check_selfplay_datasets(cfg) -> None:
             dataset = dataset[dataset_cfg.get("split") or "train"]
         name = str(dataset_cfg.get("path"))
         check_conversations(dataset, dataset_cfg, name)
-        tokenizer = tokenizer or load_tokenizer(cfg)  # the tokenizer only: no model loads
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg)  # the tokenizer only: no model loads
         template = get_chat_template_from_config(cfg, dataset_cfg, tokenizer)
 
         def render(messages, template=template):
