@@ -23,17 +23,24 @@ from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
-def watch_entries(on_entry: Callable, tokenize: bool = True) -> Iterator[None]:
+def watch_entries(on_entry: Callable, tokenize: bool = True, on_error: Callable | None = None) -> Iterator[None]:
     """Within the block, Axolotl's SFT loader calls `on_entry(dataset_config, raw, tokenized,
     tokenizer)` for every entry it loads. With `tokenize=False` the raw rows are passed on
-    untokenized (for data that is not SFT data, e.g. LSP seed prompts)."""
+    untokenized (for data that is not SFT data, e.g. LSP seed prompts). When Axolotl's
+    tokenization of an entry fails, `on_error(dataset_config, raw, tokenizer)` may raise a
+    clearer error before the original one propagates."""
     from axolotl.utils.data import sft
 
     original = sft.get_dataset_wrapper
 
     def wrapper(**kwargs):  # Axolotl calls it with keyword arguments only
         if tokenize:
-            tokenized, prompter = original(**kwargs)
+            try:
+                tokenized, prompter = original(**kwargs)
+            except Exception:
+                if on_error is not None:
+                    on_error(kwargs["dataset_config"], kwargs["dataset"], kwargs["tokenizer"])
+                raise
         else:
             tokenized, prompter = kwargs["dataset"], None
         on_entry(kwargs["dataset_config"], kwargs["dataset"], tokenized, kwargs["tokenizer"])

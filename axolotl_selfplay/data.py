@@ -7,11 +7,21 @@ including its end-of-turn token with `train_on_eos: turn`); everything before it
 is the prompt x. Earlier assistant turns of a multi-turn conversation thus stay
 in the prompt, and x ends exactly where the chat template's generation prompt
 ends, so generation and training see the same template.
+
+y must end exactly as a generated y' does: at the first end-of-turn token
+(generation stops there). Which tokens Axolotl labels around the end of a turn
+depends on the family's template and on `train_on_eos` / `eot_tokens`, so
+`response_span` aligns y to the end-of-turn tokens when it is given them:
+- Gemma ends a turn with `<end_of_turn>`, not its EOS token `<eos>`: without
+  `eot_tokens` Axolotl leaves `<end_of_turn>` unlabelled, and y must still end with it.
+- Phi-3's template puts its EOS token after the turn's `<|end|>` and a newline; with
+  `train_on_eos: turn` that lone EOS is the last labelled span, and taken alone it
+  would make the whole answer part of the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from .logprobs import IGNORE_INDEX
 
@@ -20,50 +30,81 @@ class NoAssistantTurnError(ValueError):
     """A dataset row has no trainable (assistant) tokens to use as the real response."""
 
 
-def labelled_span(labels: Sequence[int]) -> tuple[int, int] | None:
-    """(start, end) of the last contiguous run of labelled tokens; None when none is labelled."""
-    end = len(labels)
-    while end > 0 and labels[end - 1] == IGNORE_INDEX:
-        end -= 1
-    if end == 0:
+# Axolotl labels an end-of-turn/EOS token found up to this many tokens after a turn's
+# content (template padding, e.g. "\n"); the same tolerance links y to its end token.
+END_OF_TURN_GAP = 3
+
+
+def labelled_spans(labels: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) of every maximal run of labelled positions, in order."""
+    spans, start = [], None
+    for position, label in enumerate(labels):
+        if label != IGNORE_INDEX and start is None:
+            start = position
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append((start, position))
+            start = None
+    if start is not None:
+        spans.append((start, len(labels)))
+    return spans
+
+
+def response_span(
+    input_ids: Sequence[int], labels: Sequence[int], end_ids: Collection[int] = ()
+) -> tuple[int, int] | None:
+    """[start, end) of the real response y: the last labelled span, aligned to `end_ids`
+    (the tokens generation stops at) when given. A last span made only of end tokens a
+    few tokens after the content (Phi-3's conversation-final EOS) joins the content
+    before it, and y ends right after its first end token, even an unlabelled one right
+    after the span (Gemma's `<end_of_turn>` without `eot_tokens`). None when no token
+    is labelled."""
+    spans = labelled_spans(labels)
+    if not spans:
         return None
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
+    start, end = spans[-1]
+    if end_ids:
+        only_end_tokens = all(t in end_ids for t in input_ids[start:end])
+        if only_end_tokens and len(spans) > 1 and start - spans[-2][1] <= END_OF_TURN_GAP:
+            start = spans[-2][0]
+        for position in range(start, min(end + END_OF_TURN_GAP, len(input_ids))):
+            if input_ids[position] in end_ids:
+                end = position + 1
+                break
     return start, end
 
 
 def split_prompt_response(
-    input_ids: Sequence[int], labels: Sequence[int]
+    input_ids: Sequence[int], labels: Sequence[int], end_ids: Collection[int] = ()
 ) -> tuple[list[int], list[int]]:
-    """Split one tokenized row at its last labelled span.
+    """Split one tokenized row at its real response (`response_span`).
 
     Returns (prompt_ids, response_ids). An unlabelled tail after the span (e.g.
     the newline a template puts after the end-of-turn token) is dropped.
     Raises NoAssistantTurnError when no token is labelled.
     """
-    span = labelled_span(labels)
+    span = response_span(input_ids, labels, end_ids)
     if span is None:
         raise NoAssistantTurnError("row has no labelled tokens")
     start, end = span
     return list(input_ids[:start]), list(input_ids[start:end])
 
 
-def build_examples(dataset) -> tuple[list[list[int]], list[list[int]]]:
+def build_examples(dataset, end_ids: Collection[int] = ()) -> tuple[list[list[int]], list[list[int]]]:
     """Prompts and real responses of every row of a tokenized training dataset
-    (anything with `input_ids` and `labels` columns: a `datasets.Dataset` or a dict).
+    (anything with `input_ids` and `labels` columns: a `datasets.Dataset` or a dict),
+    responses aligned to the end-of-turn tokens `end_ids` (see response_span).
 
     Raises NoAssistantTurnError naming the first row without an assistant turn
     and the fix, so the user learns it before any training step.
     """
     prompts, reals = [], []
-    for _, prompt, real in iter_examples(dataset):
+    for _, prompt, real in iter_examples(dataset, end_ids):
         prompts.append(prompt)
         reals.append(real)
     return prompts, reals
 
 
-def iter_examples(dataset, block: int = 1024):
+def iter_examples(dataset, end_ids: Collection[int] = (), block: int = 1024):
     """(row index, prompt, real response) of every row, read `block` rows at a time (an
     Arrow dataset is never turned into Python lists all at once); errors as `build_examples`."""
     total = len(dataset["input_ids"]) if isinstance(dataset, dict) else len(dataset)
@@ -72,12 +113,12 @@ def iter_examples(dataset, block: int = 1024):
             key: dataset[key][start : start + block] for key in ("input_ids", "labels")
         }
         for offset, (input_ids, labels) in enumerate(zip(rows["input_ids"], rows["labels"])):
-            yield (start + offset, *_split_row(start + offset, input_ids, labels))
+            yield (start + offset, *_split_row(start + offset, input_ids, labels, end_ids))
 
 
-def _split_row(index: int, input_ids, labels) -> tuple[list[int], list[int]]:
+def _split_row(index: int, input_ids, labels, end_ids: Collection[int] = ()) -> tuple[list[int], list[int]]:
     try:
-        prompt, real = split_prompt_response(input_ids, labels)
+        prompt, real = split_prompt_response(input_ids, labels, end_ids)
     except NoAssistantTurnError:
         raise NoAssistantTurnError(
             f"training row {index} has no assistant response to learn from (all of "

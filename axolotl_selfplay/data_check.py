@@ -17,7 +17,8 @@
    and replies that `excess_length_strategy: truncate` shortens are reported in
    one WARNING each; a `max_steps` that cuts the iteration schedule in another.
 
-A row is usable when its last trained span (data.labelled_span) is the reply to
+A row is usable when its real response (data.response_span: the last trained span,
+aligned to the end-of-turn tokens generation stops at) is the reply to
 a non-empty prompt, is the conversation's last turn, is not empty, and survives
 `sequence_len`.
 """
@@ -31,7 +32,8 @@ from pathlib import Path
 
 from . import get_logger
 from .axolotl_data import entry_label, load_each_entry, watch_entries
-from .data import labelled_span
+from .data import response_span
+from .generation import end_of_turn_ids
 from .opponent_data import SuppliedOpponents, attach_supplied_opponents
 
 LOG = get_logger(__name__)
@@ -231,6 +233,51 @@ def _row_name(dataset_config, row: int) -> str:
     return f"row {row} (0-based)"
 
 
+def generation_end_ids(cfg, tokenizer) -> set[int]:
+    """The tokens generation will stop at (generation.end_of_turn_ids), without loading the
+    model: the tokenizer's EOS and those of the checkpoint's generation_config.json."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(str(cfg.get("base_model")))
+    except (OSError, ValueError):  # no generation_config.json (or not reachable offline)
+        config = None
+    return end_of_turn_ids(tokenizer, SimpleNamespace(generation_config=config))
+
+
+def explain_template_error(cfg, dataset_config, raw, tokenizer) -> None:
+    """Axolotl's tokenization of an entry failed. If the chat template rejects one of its
+    conversations (Mistral's and Gemma-2's refuse a system turn; many insist that user and
+    assistant alternate), raise naming the entry, the row and the fix, instead of the
+    template's bare message from deep inside tokenization. One row of each sequence of
+    roles is rendered; returns when no conversation is to blame."""
+    if not str(dataset_config.get("type") or "").startswith("chat_template"):
+        return
+    strategy = _Conversations(cfg, dataset_config, tokenizer).strategy
+    seen = set()
+    for row, record in enumerate(raw):
+        turns = strategy.get_conversation_thread(record)
+        roles = tuple(turn.get("role") for turn in turns)
+        if roles in seen:
+            continue
+        seen.add(roles)
+        try:
+            strategy.prompter.build_prompt(turns)
+        except Exception as rejection:  # jinja2's TemplateError, raised by the template itself
+            hint = (
+                " This template has no system role: fold the system message into the first user turn, drop it, "
+                "or set `chat_template` to one that supports it."
+                if "system" in roles
+                else " Make user and assistant turns alternate, or set `chat_template` to one that accepts them."
+            )
+            raise SelfPlayDataError(
+                f"{entry_label(cfg, dataset_config)} {_row_name(dataset_config, row)}: the chat template rejects "
+                f"this conversation (roles {list(roles)}): {rejection}.{hint}"
+            ) from None
+
+
 def _has_text(tokenizer, token_ids) -> bool:
     return bool(tokenizer.decode(list(token_ids), skip_special_tokens=True).strip())
 
@@ -276,6 +323,7 @@ class _RowInspector:
         self.sequence_len = int(cfg.get("sequence_len") or 2048)
         self.excess = (cfg.get("excess_length_strategy") or "drop").lower()
         self.min_len = cfg.get("min_sample_len") or 2
+        self.end_ids = generation_end_ids(cfg, tokenizer)
 
     def inspect(self, row: int, input_ids, labels, conversation_problem=None) -> None:
         problem = conversation_problem or self._problem(row, input_ids, labels)
@@ -283,7 +331,7 @@ class _RowInspector:
             self.report.problem(row, _row_name(self.dataset_config, row), problem)
 
     def _problem(self, row: int, input_ids, labels) -> tuple[str, str] | None:
-        span = labelled_span(labels)
+        span = response_span(input_ids, labels, self.end_ids)
         if span is None:
             return _not_trained(self.dataset_config)
         start, end = span
@@ -339,11 +387,12 @@ def _check_prepared_rows(cfg, dataset) -> None:
     from axolotl.loaders import load_tokenizer
 
     tokenizer = load_tokenizer(cfg)
+    end_ids = generation_end_ids(cfg, tokenizer)
     unusable = suspicious = None
     index = 0
     for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1000):
         for input_ids, labels in zip(batch["input_ids"], batch["labels"]):
-            span = labelled_span(labels)
+            span = response_span(input_ids, labels, end_ids)
             if span is None or span[0] == 0:
                 unusable = index
             elif suspicious is None and span[1] < len(input_ids) and _has_text(tokenizer, input_ids[span[1] :]):
@@ -501,7 +550,10 @@ def prepare_spin_datasets(cfg) -> SpinData:
         if not any(dataset_config is t for t in test_configs):
             entries.append(report)  # evaluation rows (`test_datasets`) are checked, not counted
 
-    with watch_entries(on_entry):
+    def on_error(dataset_config, raw, tokenizer):
+        explain_template_error(cfg, dataset_config, raw, tokenizer)
+
+    with watch_entries(on_entry, on_error=on_error):
         meta = load_datasets(cfg=cfg)
     if not entries:
         _check_prepared_rows(cfg, meta.train_dataset)

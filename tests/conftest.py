@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from axolotl_selfplay.cli import build_tiny_model
+    from axolotl_selfplay.tiny_models import build_tiny_model
 
     path = tmp_path_factory.mktemp("tiny-model")
     build_tiny_model(str(path), data_file=str(DEMO_DATA))
@@ -59,15 +59,52 @@ def dropout_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    """`zoo(family)`: a tiny model of a real family's shape (axolotl_selfplay.tiny_models),
+    tokenizer trained on the demo chat data; built once per family and session."""
+    from axolotl_selfplay.tiny_models import build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            path = tmp_path_factory.mktemp(f"zoo-{family}")
+            build_tiny_model(str(path), data_file=str(DEMO_DATA), family=family)
+            built[family] = path
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tied_model_dir(zoo) -> Path:
+    """The tied-embedding model the 2-process tests train: Qwen2.5-shaped (tied, qkv bias)."""
+    return zoo("qwen2.5")
+
+
+@pytest.fixture(scope="session")
 def arithmetic_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama warmed up on the arithmetic task's two roles: it writes
     "What is A+B?" when asked for a problem and answers with a number, ending
     its turns (a random model never ends one, so it cannot play LSP)."""
-    from axolotl_selfplay.cli import build_tiny_model, warm_up
+    from axolotl_selfplay.tiny_models import build_tiny_model, warm_up
 
     path = tmp_path_factory.mktemp("arithmetic-model")
     build_tiny_model(str(path), data_file=str(ARITHMETIC_DATA))
     warm_up(str(path), str(ARITHMETIC_DATA), steps=200)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tied_arithmetic_model_dir(tmp_path_factory) -> Path:
+    """`arithmetic_model_dir`, Qwen2.5-shaped (tied embeddings): LSP under ZeRO-3. 80 steps
+    (31 of 32 sampled problems end their turn) keep it cheap: Qwen's default system prompt
+    makes every row about 2.5 times longer than the tiny Llama's."""
+    from axolotl_selfplay.tiny_models import build_tiny_model, warm_up
+
+    path = tmp_path_factory.mktemp("tied-arithmetic-model")
+    build_tiny_model(str(path), data_file=str(ARITHMETIC_DATA), family="qwen2.5")
+    warm_up(str(path), str(ARITHMETIC_DATA), steps=80)
     return path
 
 
@@ -201,7 +238,9 @@ def python_script(args: list[str], env=None, timeout=900, cwd=None) -> subproces
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines also breaks at U+2028 / U+0085, which JSON keeps
+    # unescaped inside strings (a tiny model's random bytes decode to them)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def fresh_dir(path: Path) -> Path:
@@ -234,6 +273,40 @@ def spin_release_file(path: Path, rows: list[dict], reply: str) -> Path:
     return path
 
 
+def train_in_process_all(runs: list[tuple[dict, Path, tuple[str, ...]]], parallel: int = 2) -> list[Run]:
+    """`train_in_process` for several (cfg, config path, probe args), `parallel` at a time.
+
+    Each run is its own process (no state shared between runs); one thread each, so
+    two runs share a 2-core machine instead of queueing on their imports.
+    """
+    import time
+
+    pending, running, done = list(enumerate(runs)), [], {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            index, (cfg, path, probe_args) = pending.pop(0)
+            config = write_config(cfg, path)
+            log = open(path.with_suffix(".log"), "w+")
+            proc = subprocess.Popen(
+                [sys.executable, RUN_TRAIN, str(config), *probe_args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_env({"OMP_NUM_THREADS": "1"}),
+                cwd=str(path.parent),
+            )
+            running.append((index, cfg, proc, log))
+        for item in list(running):
+            index, cfg, proc, log = item
+            if proc.poll() is not None:
+                log.seek(0)
+                done[index] = Run(subprocess.CompletedProcess(proc.args, proc.returncode, log.read(), ""), cfg)
+                log.close()
+                running.remove(item)
+        time.sleep(0.5)
+    return [done[i] for i in range(len(runs))]
+
+
 def unchanged_parameters(model_dir: Path, output_dir: Path) -> list[str]:
     """Names of the tensors a full fine-tune left exactly as they were."""
     from safetensors.torch import load_file
@@ -244,10 +317,11 @@ def unchanged_parameters(model_dir: Path, output_dir: Path) -> list[str]:
     return [name for name in start if start[name].equal(end[name])]
 
 
-def assert_rank_stores_agree(dumps: Path, examples: int, iteration: int) -> list[dict]:
-    """The 2-process tests' store dumps (tests/distributed_shim): every rank holds the same
-    metadata of every example and the tokens of its own half; rank 0 gathered the whole store."""
-    stores = [json.loads((dumps / f"rank{r}.json").read_text()) for r in (0, 1)]
+def assert_rank_stores_agree(dumps: Path | list[dict], examples: int, iteration: int) -> list[dict]:
+    """The 2-process tests' store dumps (tests/distributed_shim; their folder or the dumps
+    read): every rank holds the same metadata of every example and the tokens of its own
+    half; rank 0 gathered the whole store."""
+    stores = [json.loads((dumps / f"rank{r}.json").read_text()) for r in (0, 1)] if isinstance(dumps, Path) else dumps
     assert stores[0]["metadata"] == stores[1]["metadata"]
     assert stores[0].get("eval_metadata") == stores[1].get("eval_metadata")  # evaluation rows' store, if any
     assert all(s["examples"] == examples and s["iteration"] == iteration for s in stores)

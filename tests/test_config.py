@@ -283,3 +283,14 @@ def test_lsp_bad_input_errors_name_the_key(load_lsp, lsp, block, overrides, mess
 def test_lsp_block_is_rejected_with_spin(load):
     with pytest.raises(Exception, match="`selfplay.lsp` only applies to `rl: lsp`"):
         load(selfplay={"lsp": {"num_queries": 4}})
+
+
+def test_a_conversation_the_chat_template_rejects_is_named(load, zoo):
+    """Mistral's template rejects a system turn: Axolotl would stop with the template's bare
+    message; the plugin names the dataset, the row and the fix before any model loads."""
+    from axolotl_selfplay.plugin import SelfPlayPlugin
+
+    cfg = load(base_model=str(zoo("mistral")))
+    with pytest.raises(ValueError, match=r"row 3 \(line 4 of tiny_chat.jsonl\): the chat template rejects this conversation \(roles \['system', 'user', 'assistant'\]\): Conversation roles must alternate.*no system role"):
+        SelfPlayPlugin().load_datasets(cfg)
+    SelfPlayPlugin().load_datasets(load(base_model=str(zoo("gemma3"))))  # Gemma-3 folds it into the user turn

@@ -469,7 +469,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
     handler.emit = records.append
     LOG.addHandler(handler)
     try:
-        SelfPlayTrainer._eos_token_ids(trainer)
+        SelfPlayTrainer._check_end_of_turn(trainer, {eos})
     finally:
         LOG.removeHandler(handler)
     (message,) = [r.getMessage() for r in records]
@@ -480,7 +480,7 @@ def test_end_of_turn_warning_names_truncation(tiny_tokenizer, caplog):
     trainer.opponents = OpponentStore(prompts[:1], reals[:1])
     LOG.addHandler(handler)
     try:
-        SelfPlayTrainer._eos_token_ids(trainer)
+        SelfPlayTrainer._check_end_of_turn(trainer, {eos})
     finally:
         LOG.removeHandler(handler)
     assert "train_on_eos" not in records[0].getMessage()

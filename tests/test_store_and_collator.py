@@ -35,6 +35,35 @@ def test_split_takes_last_labelled_span_and_drops_unlabelled_tail():
     assert response == [30, 31, EOS]
 
 
+def test_split_extends_the_response_to_an_unlabelled_end_of_turn():
+    # Gemma without `eot_tokens`: <end_of_turn> (7) follows the labelled content unlabelled
+    # (Axolotl only labels the EOS token, which the template never renders); "\n" (99) after it
+    END_OF_TURN = 7
+    input_ids = [1, 10, END_OF_TURN, 99, 20, 21, END_OF_TURN, 99]
+    labels = [M, M, M, M, 20, 21, M, M]
+    assert split_prompt_response(input_ids, labels) == ([1, 10, END_OF_TURN, 99], [20, 21])  # the old split
+    prompt, response = split_prompt_response(input_ids, labels, {EOS, END_OF_TURN})
+    assert (prompt, response) == ([1, 10, END_OF_TURN, 99], [20, 21, END_OF_TURN])
+
+
+def test_split_joins_a_conversation_final_eos_to_its_turn():
+    # Phi-3: "<|assistant|>\n{answer}<|end|>\n<|endoftext|>" with `train_on_eos: turn` labels the
+    # answer and the final EOS, not <|end|> (8) nor "\n" (99); the lone EOS span must not
+    # become y (the whole answer would then be part of the prompt)
+    END = 8
+    input_ids = [1, 10, END, 99, 20, 21, END, 99, EOS]
+    labels = [M, M, M, M, 20, 21, M, M, EOS]
+    assert split_prompt_response(input_ids, labels)[1] == [EOS]  # the old split
+    prompt, response = split_prompt_response(input_ids, labels, {EOS, END})
+    assert (prompt, response) == ([1, 10, END, 99], [20, 21, END])  # y ends where generation stops
+    # with `eot_tokens: [<|end|>]` the turn's <|end|> is labelled too: same split
+    labels_eot = [M, M, M, M, 20, 21, END, M, EOS]
+    assert split_prompt_response(input_ids, labels_eot, {EOS, END}) == (prompt, response)
+    # an earlier assistant turn far before a lone EOS is not joined
+    far = [1, 20, END, 99, 11, 12, 13, 14, EOS]
+    assert split_prompt_response(far, [M, 20, END, M, M, M, M, M, EOS], {EOS, END})[1] == [EOS]
+
+
 def test_split_without_labels_raises():
     with pytest.raises(NoAssistantTurnError):
         split_prompt_response([1, 2, 3], [M, M, M])

@@ -91,21 +91,24 @@ class SelfPlayTrainer(AxolotlTrainer):
         super().__init__(*args, **kwargs)
         # We compute a per-pair mean; let HF scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
+        tokenizer = self.processing_class
+        # y ends where generation stops (data.response_span), so the ids come first
+        end_ids = end_of_turn_ids(tokenizer, self.accelerator.unwrap_model(self.model))
         # iteration 0's y' given by `selfplay.opponents_from` (opponent_data.py)
         self.train_dataset, self.supplied_opponents = take_supplied_opponents(self.train_dataset)
         # Each rank keeps the tokens of its own examples (opponent.py); `history` is set in
         # train(): Axolotl attaches the config after construction.
-        self.opponents = self._store_of(self.train_dataset)
+        self.opponents = self._store_of(self.train_dataset, end_ids)
         self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(self.train_dataset))))
         # Evaluation rows get opponents of their own at every iteration (`prediction_step`).
         self.eval_opponents = None
         if self.eval_dataset is not None:
-            self.eval_opponents = self._store_of(self.eval_dataset)
+            self.eval_opponents = self._store_of(self.eval_dataset, end_ids)
             self.eval_dataset = self.eval_dataset.add_column(INDEX_COLUMN, list(range(len(self.eval_dataset))))
         self._schedule_iteration = None  # the iteration whose schedule and optimizer were started
-        tokenizer = self.processing_class
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_token_ids = self._eos_token_ids()
+        self.eos_token_ids = self._check_end_of_turn(end_ids)
+        self._pair_sums = {}  # "train" / "eval": metric sums since the last log (see _store_pair_metrics)
         self.add_callback(_IterationBoundary(self))
         self.add_callback(WeightsGuard(self))
 
@@ -118,8 +121,7 @@ class SelfPlayTrainer(AxolotlTrainer):
         # Read lazily: Axolotl sets `axolotl_cfg` after construction.
         return self.axolotl_cfg.selfplay
 
-    def _eos_token_ids(self) -> set[int]:
-        ids = end_of_turn_ids(self.processing_class, self.accelerator.unwrap_model(self.model))
+    def _check_end_of_turn(self, ids: set[int]) -> set[int]:
         warning = missing_end_of_turn_warning(self.opponents, ids, getattr(self.args, "max_seq_length", None))
         if warning:
             LOG.warning(warning)
@@ -266,11 +268,13 @@ class SelfPlayTrainer(AxolotlTrainer):
         path = os.path.join(self.args.output_dir, "selfplay", name)
         store.export_jsonl(path, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
 
-    def _store_of(self, dataset) -> OpponentStore:
-        """An OpponentStore of `dataset`'s rows, each rank holding the tokens of its shard."""
+    def _store_of(self, dataset, end_ids: set[int]) -> OpponentStore:
+        """An OpponentStore of `dataset`'s rows (each y ending at its end-of-turn token), each
+        rank holding the tokens of its shard."""
         accelerator = self.accelerator
         return OpponentStore.from_examples(
-            iter_examples(dataset), len(dataset), rank=accelerator.process_index, world=accelerator.num_processes
+            iter_examples(dataset, end_ids), len(dataset), rank=accelerator.process_index,
+            world=accelerator.num_processes,
         )
 
     # -- loss ------------------------------------------------------------------
@@ -359,8 +363,13 @@ class SelfPlayTrainer(AxolotlTrainer):
         self, counts, loss, real_rewards, generated_rewards, real_logps, generated_logps, penalties, examples,
         real_token_sums, train_eval="train",
     ):
-        """Sums over this rank's pairs, reduced over ranks, then averaged per pair. A
-        non-finite loss, log-prob or reward on any rank stops training on every rank."""
+        """Sums over this rank's pairs, reduced over ranks and accumulated until the next log.
+
+        `log` divides them once, so a logged value is the mean over every pair since the
+        last log, however gradient accumulation split the step into micro-batches (a mean
+        of micro-batch means would weigh a micro-batch of 3 kept pairs like one of 32).
+        A non-finite loss, log-prob or reward on any rank stops training on every rank.
+        """
         real_rewards = real_rewards.detach().float()
         generated_rewards = generated_rewards.detach().float()
         sums = torch.tensor(
@@ -388,15 +397,30 @@ class SelfPlayTrainer(AxolotlTrainer):
         )
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        (loss_sum, penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty,
-         candidates, real_token_logps, real_tokens) = sums.tolist()
         if train_eval == "train":
+            (loss_sum, penalty, r_real, r_gen, _, _, lp_real, lp_gen, *_) = sums.tolist()
             check_finite(
                 {"loss": loss_sum, "logps/real": lp_real, "logps/generated": lp_gen, "rewards/real": r_real,
                  "rewards/generated": r_gen, "chi2/penalty": penalty},
                 self.state.global_step + 1,
                 f"self-play iteration {self.opponents.iteration}; this rank's examples {examples}",
             )
+        previous = self._pair_sums.get(train_eval)
+        self._pair_sums[train_eval] = sums if previous is None else previous + sums
+
+    def log(self, logs, *args, **kwargs):
+        # the pair metrics since the last log, with the training loss or the evaluation's
+        if "loss" in logs and "train" in self._pair_sums:
+            logs.update(self._pair_means(self._pair_sums.pop("train").tolist()))
+            logs["selfplay/iteration"] = float(self.opponents.iteration)
+        if "eval_loss" in logs and "eval" in self._pair_sums:
+            means = self._pair_means(self._pair_sums.pop("eval").tolist())
+            logs.update({f"eval_{name}": value for name, value in means.items()})
+        return super().log(logs, *args, **kwargs)
+
+    def _pair_means(self, sums: list[float]) -> dict[str, float]:
+        (_, penalty, r_real, r_gen, margin, acc, lp_real, lp_gen, tokens, truncated, age, n, identical, empty,
+         candidates, real_token_logps, real_tokens) = sums
         per_pair = max(n, 1.0)
         metrics = {
             "rewards/real": r_real / per_pair,
@@ -412,13 +436,9 @@ class SelfPlayTrainer(AxolotlTrainer):
             "opponent/empty_frac": empty / per_pair,
             "opponent/age": age / per_pair,
         }
-        if penalties is not None:
+        if self.selfplay_config.type == "spin_chi2":
             metrics["chi2/penalty"] = penalty / per_pair
-        if train_eval == "train":
-            metrics["selfplay/iteration"] = float(self.opponents.iteration)
-        else:  # Axolotl logs stored metrics under the names given
-            metrics = {f"eval_{name}": value for name, value in metrics.items()}
-        self.store_metrics(metrics, train_eval=train_eval)
+        return metrics
 
     def log_refresh_summary(self) -> None:
         summary = self.opponents.summary(self.opponents.iteration)

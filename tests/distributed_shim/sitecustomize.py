@@ -10,6 +10,15 @@ shared/research/deepspeed_cpu.md; none is needed on GPUs):
    disables DeepSpeed: force "gloo" (and MULTI_CPU for plain DDP).
 2. gloo's all_gather_into_tensor writes into views with autograd on, which ZeRO-2's
    optimizer step trips over: run DeepSpeed's collectives under no_grad.
+   And gloo finishes async collectives out of order (on its worker threads), while
+   DeepSpeed's ZeRO-3 coalesced all-gather (`_allgather_params_coalesced`, behind
+   every `GatheredParameters` of more than one parameter: loading a checkpoint,
+   TRL's gather for generation) launches one per parameter and waits on the LAST
+   only, as CUDA stream order makes that enough on GPUs. On CPU a parameter could be
+   read before its all-gather landed, and the late write then overwrote it: a
+   checkpoint weight (e.g. q_proj.weight, loaded beside its bias) replaced by the
+   uninitialised partition memory, at random, more often on a busy machine. So every
+   DeepSpeed collective completes before it returns.
 3. Axolotl maps `device_map` to the integer LOCAL_RANK under DDP / ZeRO-2 ("GPU N"):
    map integer device maps to "cpu".
 4. Axolotl 0.21 asks torch.cuda.can_device_access_peer when WORLD_SIZE > 1, which
@@ -22,13 +31,15 @@ shared/research/deepspeed_cpu.md; none is needed on GPUs):
    storage"): gather each DTensor with `full_tensor()` instead.
 It also skips DeepSpeed's JIT build of an inference-only shared-memory op (45 s).
 
-With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes a digest of its opponent stores'
-metadata (training and evaluation rows) and the examples whose tokens it holds to
-DIR/rank{RANK}.json when training ends, so a test can check all ranks agree and share
-the tokens out.
+With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes to DIR/rank{RANK}.json a digest of
+its opponent stores' metadata (training and evaluation rows) and the examples whose
+tokens it holds when training ends, and of every parameter (gathered under ZeRO-3) when
+training starts, so a test can check that all ranks agree, share the tokens out and
+start from the checkpoint's weights.
 """
 
 import functools
+import inspect
 import os
 
 if "LOCAL_RANK" in os.environ:
@@ -59,16 +70,26 @@ if "LOCAL_RANK" in os.environ:
             except ImportError:
                 return
             backend.build_shm_op = lambda: None  # inference-only op; skip its JIT build
-            for name in ("all_gather_into_tensor", "all_gather_base", "reduce_scatter_tensor"):
+            collectives = (
+                "all_gather_into_tensor", "all_gather_base", "all_gather", "all_gather_coalesced",
+                "reduce_scatter_tensor", "reduce_scatter", "all_reduce", "all_reduce_coalesced",
+                "reduce", "broadcast", "all_to_all_single",
+            )
+            for name in collectives:
                 fn = getattr(backend.TorchBackend, name, None)
                 if fn is None:
                     continue
 
                 def make(fn):
+                    signature = inspect.signature(fn)
+
                     @functools.wraps(fn)
                     def wrapper(*args, **kwargs):
                         with torch.no_grad():
-                            return fn(*args, **kwargs)
+                            work = fn(*args, **kwargs)
+                        if signature.bind_partial(*args, **kwargs).arguments.get("async_op") and hasattr(work, "wait"):
+                            work.wait()  # complete now: gloo would finish it out of order
+                        return work
 
                     return wrapper
 
@@ -138,7 +159,22 @@ if "LOCAL_RANK" in os.environ:
 
         _train = Trainer.train
 
+        def parameter_digests(model) -> dict:
+            """sha256 of every parameter's float32 bytes (each rank gathers ZeRO-3 shards)."""
+            digests = {}
+            for name, param in model.named_parameters():
+                if hasattr(param, "ds_id"):
+                    import deepspeed
+
+                    with deepspeed.zero.GatheredParameters([param]):
+                        data = param.detach().float().contiguous().clone()
+                else:
+                    data = param.detach().float().contiguous()
+                digests[name] = hashlib.sha256(data.numpy().tobytes()).hexdigest()
+            return digests
+
         def train(self, *args, **kwargs):
+            at_start = parameter_digests(self.model)
             result = _train(self, *args, **kwargs)
             store = getattr(self, "opponents", None)
             if store is not None:
@@ -175,7 +211,8 @@ if "LOCAL_RANK" in os.environ:
                          "metadata": metadata_of(store),
                          "eval_metadata": metadata_of(getattr(self, "eval_opponents", None)),
                          "held": [i for i in range(len(store)) if store.holds(i)],
-                         "held_tokens": store.nbytes() // 4, "full_digest": full, "fsdp_sharded": sharded},
+                         "held_tokens": store.nbytes() // 4, "full_digest": full, "fsdp_sharded": sharded,
+                         "parameters_at_start": at_start},
                         f,
                     )
             return result

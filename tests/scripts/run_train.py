@@ -7,6 +7,8 @@ axolotl.cli.train` runs on each rank), with two test probes:
                   comparing the values when `Trainer.train` starts and ends
 --probe-attn F    write the attention implementation of every model that the
                   self-play generation and scoring passes ran
+--cpu-bf16        let `bf16: true` train on a CPU: transformers refuses bf16 without
+                  `use_cpu`, a TrainingArguments field Axolotl never sets
 
 Prints `PLUGINS=[...]` (the plugins Axolotl registered) at the end.
 """
@@ -80,12 +82,21 @@ def probe_attention(path):
     rewards.RewardModel.__call__ = reward_model_call
 
 
+def allow_cpu_bf16():
+    from transformers import training_args
+
+    # transformers' own check (bf16 needs a GPU unless `use_cpu`); torch autocasts to
+    # bf16 on CPU fine, and accelerate does so when no GPU is present
+    training_args.is_torch_bf16_gpu_available = lambda: True
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("--hide-selfplay", action="store_true")
     parser.add_argument("--param-report")
     parser.add_argument("--probe-attn")
+    parser.add_argument("--cpu-bf16", action="store_true")
     args = parser.parse_args()
     if args.hide_selfplay:
         hide_selfplay_entry_point()
@@ -94,6 +105,9 @@ def main():
     if args.probe_attn:
         probe_attention(args.probe_attn)
     from axolotl.cli.train import do_cli
+
+    if args.cpu_bf16:
+        allow_cpu_bf16()
     from axolotl.integrations.base import PluginManager
 
     do_cli(config=args.config)
