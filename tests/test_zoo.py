@@ -174,6 +174,7 @@ def test_generation_ignores_the_checkpoints_sampling_defaults(zoo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_selfplay.generation import cut_at_eos, end_of_turn_ids, generate_responses
+    from axolotl_selfplay.sampling import SamplingSpec
 
     path = zoo("qwen2.5")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -183,9 +184,10 @@ def test_generation_ignores_the_checkpoints_sampling_defaults(zoo):
     text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}], tokenize=False, add_generation_prompt=True)
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     ends = end_of_turn_ids(tokenizer, model)
-    kwargs = {"pad_token_id": tokenizer.pad_token_id, "eos_token_ids": ends, "max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0, "batch_size": 1}
+    kwargs = {"pad_token_id": tokenizer.pad_token_id, "eos_token_ids": ends, "batch_size": 1}
 
-    sampled = {tuple(generate_responses(model, [prompt], do_sample=True, seed=seed, **kwargs)[0][0]) for seed in range(4)}
+    sampling = SamplingSpec(max_new_tokens=8)  # the `generation` defaults: temperature 1, every filter off
+    sampled = {tuple(generate_responses(model, [prompt], spec=sampling, seed=seed, **kwargs)[0][0]) for seed in range(4)}
     assert len(sampled) > 1  # with the checkpoint's top_k 1 every sample would be the greedy one
 
     ids = list(prompt)
@@ -194,7 +196,7 @@ def test_generation_ignores_the_checkpoints_sampling_defaults(zoo):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
     argmax, _ = cut_at_eos(ids[len(prompt) :], ends)
     assert len(set(argmax)) < len(argmax)  # it repeats a token: a repetition penalty would change it
-    assert generate_responses(model, [prompt], do_sample=False, seed=0, **kwargs)[0][0] == argmax
+    assert generate_responses(model, [prompt], spec=SamplingSpec.greedy(8), seed=0, **kwargs)[0][0] == argmax
 
 
 def test_dropout_option_sets_the_familys_dropout(tmp_path):
