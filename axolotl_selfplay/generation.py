@@ -150,6 +150,9 @@ def _decode_batch(model, input_ids, attention_mask, generation_config, eos_token
             past_key_values=cache,
             stopping_criteria=StoppingCriteriaList([_SomeRowsEnded(eos_token_ids, input_ids.shape[1], len(running))]),
             return_dict_in_generate=True,
+            # explicit: left unset, `generate` syncs every rank's loop whenever ZeRO-3 (or FSDP) is
+            # on, even with the weights gathered, and ranks that run different segments hang
+            synced_gpus=False,
         )
         sequences, steps = output.sequences, output.sequences.shape[1] - input_ids.shape[1]
         produced += steps
