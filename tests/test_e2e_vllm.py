@@ -153,11 +153,21 @@ def test_lsp_lora_pushes_merged_weights_once_per_step(tmp_path, arithmetic_model
         assert len(queries) == 8 and queries[:4] != queries[4:], queries
 
 
-def test_missing_server_is_one_clear_error(tmp_path, tiny_model_dir):
-    gen = {"backend": "vllm", "vllm_server_timeout": 1}
-    cfg = base_config(tiny_model_dir, tmp_path, selfplay={"iterations": 1, "generation": gen})
-    cfg["vllm"] = {"host": "127.0.0.1", "port": _free_port()}
-    env = {"PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")])}
-    run = axolotl_train(cfg, tmp_path / "spin.yml", env=env)
-    assert run.returncode != 0
-    assert "no vLLM server at 127.0.0.1" in run.output and "axolotl vllm-serve" in run.output
+def test_missing_server_is_one_clear_error(monkeypatch):
+    """No server at the configured address: one error naming the address and the fix, raised
+    when the trainer connects (before any generation), not TRL's bare connection error."""
+    from types import SimpleNamespace
+
+    try:
+        from trl.generation import vllm_client
+    except ImportError:  # older TRL layout
+        from trl.extras import vllm_client
+
+    from axolotl_selfplay.vllm_backend import VLLMServer
+
+    monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)  # as the stand-in does
+    port = _free_port()
+    with pytest.raises(ConnectionError) as error:
+        VLLMServer({"vllm": {"host": "127.0.0.1", "port": port}}, SimpleNamespace(is_main_process=True), timeout=1)
+    message = str(error.value)
+    assert f"no vLLM server at 127.0.0.1:{port} after 1s" in message and "axolotl vllm-serve" in message

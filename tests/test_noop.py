@@ -11,11 +11,9 @@ from conftest import (
     DEMO_DATA,
     NEEDS_PLUGINS_LINE,
     PLUGIN,
-    RUN_TRAIN,
     Run,
     base_config,
-    python_script,
-    write_config,
+    train_in_process_all,
 )
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +36,7 @@ def _dpo_data(path):
 
 def _config(kind, tiny_model_dir, out):
     cfg = base_config(tiny_model_dir, out, rl=None, selfplay=None, plugins=None, num_epochs=1, micro_batch_size=8)
+    cfg["dataset_prepared_path"] = str(out.parent / f"prepared-{out.name}")  # the two runs go side by side
     if kind == "dpo":
         cfg["rl"] = "dpo"
         cfg["datasets"] = [
@@ -52,18 +51,19 @@ def _config(kind, tiny_model_dir, out):
     return cfg
 
 
-def _train(cfg, path, plugin_active: bool) -> tuple[Run, list[str]]:
-    args = [RUN_TRAIN, str(write_config(cfg, path))]
+def _train_with_and_without(cfg_with, path_with, cfg_without, path_without) -> list[tuple[Run, list[str]]]:
+    """The same run with the package active and hidden, side by side (two processes)."""
+    probe_without = ()
     if NEEDS_PLUGINS_LINE:
-        if plugin_active:
-            cfg["plugins"] = [PLUGIN]
-            write_config(cfg, path)
-    elif not plugin_active:
-        args.append("--hide-selfplay")
-    proc = python_script(args, cwd=str(path.parent))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    plugins = json.loads(proc.stdout.split("PLUGINS=")[-1].splitlines()[0])
-    return Run(proc, cfg), plugins
+        cfg_with["plugins"] = [PLUGIN]
+    else:
+        probe_without = ("--hide-selfplay",)
+    runs = train_in_process_all([(cfg_with, path_with, ()), (cfg_without, path_without, probe_without)])
+    results = []
+    for run in runs:
+        assert run.returncode == 0, run.output[-5000:]
+        results.append((run, json.loads(run.output.split("PLUGINS=")[-1].splitlines()[0])))
+    return results
 
 
 def _sha(path) -> str:
@@ -72,9 +72,9 @@ def _sha(path) -> str:
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
 def test_non_selfplay_run_is_unchanged(kind, tmp_path, tiny_model_dir):
-    with_run, with_plugins = _train(_config(kind, tiny_model_dir, tmp_path / "with"), tmp_path / "with.yml", True)
-    without_run, without_plugins = _train(
-        _config(kind, tiny_model_dir, tmp_path / "without"), tmp_path / "without.yml", False
+    (with_run, with_plugins), (without_run, without_plugins) = _train_with_and_without(
+        _config(kind, tiny_model_dir, tmp_path / "with"), tmp_path / "with.yml",
+        _config(kind, tiny_model_dir, tmp_path / "without"), tmp_path / "without.yml",
     )
     assert PLUGIN in with_plugins and PLUGIN not in without_plugins
     losses_with = [row["loss"] for row in with_run.logs()]
