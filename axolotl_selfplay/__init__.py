@@ -1,4 +1,7 @@
-"""axolotl-selfplay: self-play fine-tuning (SPIN) for Axolotl.
+"""axolotl-selfplay: self-play fine-tuning for Axolotl.
+
+`rl: spin` (SPIN, arXiv 2401.01335), `rl: spin_chi2` (χ² self-play, arXiv 2602.01357) and
+`rl: lsp` (Language Self-Play, arXiv 2509.07414) in an ordinary Axolotl YAML.
 
 Kept import-light on purpose: Axolotl imports `axolotl_selfplay.plugin` for every
 config once the package is installed.

@@ -31,15 +31,44 @@ want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1) ${pins[*]}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "$venv"; exit 0
 fi
-echo "setting up $venv (Axolotl $version) ..." >&2
+# Each step says what it does and roughly how long it takes on a fresh machine, then prints a
+# heartbeat every 30 s while pip works (pip itself stays quiet: its full output goes to
+# $venv/setup.log), and how long it took.
+step() {
+  local message="$1"; shift
+  local start=$SECONDS
+  echo "  $message" >&2
+  "$@" >>"$log" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 5
+    if kill -0 "$pid" 2>/dev/null && (( (SECONDS - start) % 30 < 5 )); then
+      echo "    ... still working ($((SECONDS - start)) s; details: $log)" >&2
+    fi
+  done
+  if ! wait "$pid"; then
+    echo "  FAILED after $((SECONDS - start)) s; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+  echo "    done in $((SECONDS - start)) s" >&2
+}
+
+echo "setting up $venv (Axolotl $version, $("$python" --version 2>&1)):" >&2
 "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip >&2 2> >(grep -v "WARNING: Location" >&2)
+log="$venv/setup.log"
+: >"$log"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+step "upgrading pip (~10 s)" "${pip[@]}" install --upgrade pip
 if [ "$version" = "0.19" ]; then
   # torch first, so Axolotl's torch requirement is met by the CPU build
-  "${pip[@]}" install "torch==2.13.0" >&2 2> >(grep -v "WARNING: Location" >&2)
+  step "installing torch 2.13.0 CPU (~1 min; a local file on the project's machines)" "${pip[@]}" install "torch==2.13.0"
+  estimate="~5 min on a fresh machine"
+else
+  estimate="~8 min on a fresh machine: Axolotl's CUDA torch build is ~4 GB"
 fi
 # DeepSpeed (for the 2-process ZeRO tests) builds no CUDA ops with DS_BUILD_OPS=0.
-DS_BUILD_OPS=0 "${pip[@]}" install "${pins[@]}" -e "$repo[test]" >&2 2> >(grep -v "WARNING: Location" >&2)
+step "installing ${pins[*]} and axolotl-selfplay (editable, with test extras) ($estimate)" \
+  env DS_BUILD_OPS=0 "${pip[@]}" install "${pins[@]}" -e "$repo[test]"
 echo "$want" > "$stamp"
 echo "$venv"
