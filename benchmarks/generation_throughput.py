@@ -55,7 +55,7 @@ def official_style(model, tokenizer, prompts, batch_size, max_new_tokens):
     tokenizer.padding_side = "left"
     outputs, slots = [], 0
     for start in range(0, len(prompts), batch_size):  # dataset order, fixed batches
-        batch = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt")
+        batch = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt").to(model.device)
         generated = model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )[:, batch["input_ids"].shape[1] :]
@@ -67,10 +67,11 @@ def official_style(model, tokenizer, prompts, batch_size, max_new_tokens):
 
 def ours(model, tokenizer, prompts, batch_size, max_new_tokens):
     from axolotl_selfplay.generation import _length_sorted_batches, generate_responses
+    from axolotl_selfplay.sampling import SamplingSpec
 
     results = generate_responses(
-        model, prompts, pad_token_id=tokenizer.pad_token_id, eos_token_ids={tokenizer.eos_token_id},
-        max_new_tokens=max_new_tokens, do_sample=False, temperature=1.0, top_p=1.0, batch_size=batch_size, seed=0,
+        model, prompts, spec=SamplingSpec.greedy(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids={tokenizer.eos_token_id}, batch_size=batch_size, seed=0,
     )
     outputs = [tokens for tokens, _ in results]
     # decode slots: each length-sorted batch runs until its longest response ends
@@ -85,6 +86,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model-dir", help="use this model instead of building the warmed-up tiny one")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
 
@@ -92,13 +96,15 @@ def main() -> None:
 
     from axolotl_selfplay.cli import build_tiny_model, warm_up
 
-    model_dir = Path(args.workdir).resolve() / "model"
-    if not (model_dir / "model.safetensors").exists():
+    model_dir = Path(args.model_dir or Path(args.workdir).resolve() / "model")
+    if not args.model_dir and not (model_dir / "model.safetensors").exists():
         # warmed up so responses end at varied lengths, as a real SFT model's do
         build_tiny_model(str(model_dir), data_file=str(DATA), hidden_size=256, num_layers=4)
         warm_up(str(model_dir), str(DATA), steps=300)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), attn_implementation="sdpa", dtype=getattr(torch, args.dtype)
+    ).to(args.device).eval()
     prompts = mixed_prompts(tokenizer, args.prompts, seed=0)
 
     runs = {"official-style": official_style, "ours": ours}
