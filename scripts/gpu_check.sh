@@ -10,7 +10,10 @@
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
-python="${GPU_CHECK_PYTHON:-python3}"
+python=""  # the image's Python: the first that imports torch and transformers
+for candidate in "${GPU_CHECK_PYTHON:-}" python3 python; do
+  if [ -n "$candidate" ] && "$candidate" -c 'import torch, transformers' >/dev/null 2>&1; then python="$candidate"; break; fi
+done
 wheelhouse="${GPU_WHEELHOUSE:-$repo/gpu_wheelhouse}"
 out="${OUT:-$repo/gpu_report}"
 work="${GPU_CHECK_WORK:-$repo/outputs/gpu-check}"
@@ -21,15 +24,17 @@ fail() {  # the report is written even when the kit cannot start
     > "$out/gpu_report.md"
   cat "$out/gpu_report.md"; exit 1
 }
+[ -n "$python" ] || fail "no Python with torch and transformers found (set GPU_CHECK_PYTHON)" /dev/null
 ls "$wheelhouse"/*.whl >/dev/null 2>&1 || fail "no wheels in $wheelhouse (build them with scripts/gpu_wheelhouse.sh and carry the folder)" /dev/null
 
 echo "=== installing $(ls "$wheelhouse"/*.whl | wc -l) wheels offline into $site" >&2
 rm -rf "$site"
 if ! "$python" -m pip install --no-index --no-deps --disable-pip-version-check -q --target "$site" \
      "$wheelhouse"/*.whl > "$work/install.log" 2>&1; then
-  # no pip in the image: every wheel but the contribs sdist-builds is pure or prebuilt, so unpacking is installing
-  # (without console scripts: gpu_check.py then runs `python -m axolotl.cli.main`)
+  # no pip in the image: a wheel is a zip, so unpacking it installs it (without console scripts:
+  # gpu_check.py then runs `python -m axolotl.cli.main`)
   echo "pip install failed (see $work/install.log); unpacking the wheels instead" >&2
+  rm -rf "$site"
   "$python" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' \
     "$site" "$wheelhouse"/*.whl >> "$work/install.log" 2>&1 || fail "could not install the wheelhouse" "$work/install.log"
 fi
