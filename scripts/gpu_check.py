@@ -167,7 +167,7 @@ def build_model(path: Path, cpu: bool) -> str:
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the runs below are other processes
-    return f"Qwen2 {shape['hidden_size']}×{shape['num_hidden_layers']}, vocab {shape['vocab_size']}, tied, {params / 1e6:.0f}M parameters"
+    return f"Qwen2 {shape['hidden_size']}×{shape['num_hidden_layers']}, vocab {shape['vocab_size']}, tied, {params / 1e6:.1f}M parameters"
 
 
 def spin_config(model: str, out: Path, *, precision: str, lora: bool, iterations: int, cpu: bool) -> dict:
@@ -253,7 +253,8 @@ def part_generation(report: Report, work: Path, model: str, args, timeout: float
                "Random-init model: it rarely ends a turn, so nearly every response runs to max_new_tokens; "
                "the throughput ratio is the result, the efficiency column is not (see benchmarks/RESULTS.md).", "",
                *(head[:1] + [""] if head else []),
-               *([line for line in text.splitlines() if line.startswith(("|", "identical"))]
+               *([line for line in text.splitlines() if line.startswith("|")]
+                 + [""] + [line for line in text.splitlines() if line.startswith("identical")]
                  if rc == 0 else [f"**FAIL** (exit {rc}):", "```", text[-2500:], "```"]), "")
     if rc:
         report.failed.append("generation")
@@ -290,7 +291,8 @@ def part_step_vs_dpo(report: Report, work: Path, model: str, spin_out: Path | No
                "| arm | step time (s) | peak memory (GiB) |", "|---|---|---|",
                f"| spin (no reference model) | {s:.3f} | {spin['peak_gib']:.2f} |",
                f"| TRL DPOTrainer (live reference) | {d:.3f} | {dpo['peak_gib']:.2f} |",
-               f"| ratio spin / dpo | {s / d:.2f} | {spin['peak_gib'] / max(dpo['peak_gib'], 1e-9):.2f} |", "")
+               f"| ratio spin / dpo | {s / d:.2f} | {spin['peak_gib'] / max(dpo['peak_gib'], 1e-9):.2f} |", "",
+               *(["CPU: no device memory to measure (0 above); the GPU run measures it.", ""] if args.cpu else []))
 
 
 def part_scoring_precision(report: Report, model: str, args) -> None:
@@ -319,7 +321,8 @@ def part_scoring_precision(report: Report, model: str, args) -> None:
     ok = all(math.isfinite(x) for x in scores[torch.bfloat16]) and max(rel) <= bound
     report.add("### (d) scoring pass: bf16 vs fp32 log-probs of the same pairs", "",
                f"{len(prompts)} (prompt, real response) pairs, {min(tokens)}–{max(tokens)} response tokens; "
-               "same weights (bf16 checkpoint, upcast for fp32), sdpa, length-sorted batches of 16.", "",
+               f"same weights ({'bf16 checkpoint, upcast for fp32' if args.device != 'cpu' else 'fp32 checkpoint, rounded to bf16'}), "
+               "sdpa, length-sorted batches of 16.", "",
                "| | value |", "|---|---|",
                f"| mean lp (fp32) | {statistics.mean(scores[torch.float32]):.3f} |",
                f"| mean lp (bf16) | {statistics.mean(scores[torch.bfloat16]):.3f} |",
@@ -341,6 +344,8 @@ def main() -> int:
 
     args.device = "cpu" if args.cpu else "cuda"
     if not args.cpu and not torch.cuda.is_available():
+        Report(Path(args.out) / "gpu_report.md", ["## GPU proof kit report", "",
+               f"**FAIL**: torch {torch.__version__} sees no CUDA device (use --cpu for the rehearsal)."])
         print("no CUDA device: run with --cpu for the rehearsal", file=sys.stderr)
         return 2
     precision = "fp32" if args.cpu else "bf16"
