@@ -215,6 +215,8 @@ def part_spin(report: Report, work: Path, model: str, *, lora: bool, args, preci
         console = shutil.which("axolotl")  # gpu_check.sh puts the wheelhouse's bin/ on PATH
         command = [console] if console else [sys.executable, "-m", "axolotl.cli.main"]
         command += ["train", str(cfg_path)]
+        if not shutil.which("accelerate"):  # Axolotl's default launcher is `accelerate launch`
+            command += ["--launcher", "python"]
     else:  # Axolotl's train entry point in-process, timing every step
         command = [sys.executable, str(TRAIN_WRAPPER), str(cfg_path), str(work / f"spin-{name}-steps.json")]
     start = time.perf_counter()
@@ -225,7 +227,8 @@ def part_spin(report: Report, work: Path, model: str, *, lora: bool, args, preci
                 if rc else []) + check_spin_logs(rows, 0.1, precision, 2)
     title = f"(a) rl: spin, LoRA r16, {precision}, sdpa, `axolotl train`" if lora else \
         f"(b) rl: spin, full fine-tuning, {precision}, sdpa, Axolotl's train entry point"
-    lines = [f"### {title}", "", f"{len(rows)} logged steps, wall {wall:.0f} s.", "",
+    shown = " ".join(Path(part).name if "/" in part else part for part in command)
+    lines = [f"### {title}", "", f"`{shown}`: {len(rows)} logged steps, wall {wall:.0f} s.", "",
              "| iteration | first loss | ln 2 | tolerance | logps/real | logps/generated |", "|---|---|---|---|---|---|"]
     for i, row in enumerate(first_losses_per_iteration(rows)):
         tol = ln2_tolerance(0.1, row["logps/real"], row["logps/generated"], precision)
