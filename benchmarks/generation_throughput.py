@@ -76,7 +76,7 @@ def official_style(model, tokenizer, prompts, batch_size, max_new_tokens):
     tokenizer.padding_side = "left"
     outputs, slots = [], 0
     for start in range(0, len(prompts), batch_size):  # dataset order, fixed batches
-        batch = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt")
+        batch = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt").to(model.device)
         generated = model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )[:, batch["input_ids"].shape[1] :]
@@ -108,6 +108,9 @@ def main() -> None:
                         help="warm the model up on replies of 1-12 joined sentences (responses of tens to hundreds of tokens)")
     parser.add_argument("--repeats", type=int, default=3)
     add_results_argument(parser)
+    parser.add_argument("--model-dir", help="use this model instead of building the warmed-up tiny one")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = parser.parse_args()
     args.max_new_tokens = args.max_new_tokens or (256 if args.long_replies else 64)
 
@@ -116,21 +119,26 @@ def main() -> None:
     from axolotl_selfplay.cli import build_tiny_model, warm_up
 
     work = Path(args.workdir).resolve() / ("long" if args.long_replies else "short")
-    model_dir = work / "model"
-    warm_data = DATA
-    if args.long_replies:
-        work.mkdir(parents=True, exist_ok=True)
-        warm_data = work / "long_replies.jsonl"
-        long_reply_chats(warm_data)
-    # warmed up so responses end at varied lengths, as a real SFT model's do; rebuilt every
-    # run on one thread with a fixed seed, so the model (and its greedy lengths) never vary
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    build_tiny_model(str(model_dir), data_file=str(DATA), hidden_size=256, num_layers=4, seed=0)
-    warm_up(str(model_dir), str(warm_data), steps=300, seed=0)
-    torch.set_num_threads(threads)
+    if args.model_dir:
+        model_dir = Path(args.model_dir)
+    else:
+        model_dir = work / "model"
+        warm_data = DATA
+        if args.long_replies:
+            work.mkdir(parents=True, exist_ok=True)
+            warm_data = work / "long_replies.jsonl"
+            long_reply_chats(warm_data)
+        # warmed up so responses end at varied lengths, as a real SFT model's do; rebuilt every
+        # run on one thread with a fixed seed, so the model (and its greedy lengths) never vary
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        build_tiny_model(str(model_dir), data_file=str(DATA), hidden_size=256, num_layers=4, seed=0)
+        warm_up(str(model_dir), str(warm_data), steps=300, seed=0)
+        torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), attn_implementation="sdpa", dtype=getattr(torch, args.dtype)
+    ).to(args.device).eval()
     prompts = mixed_prompts(tokenizer, args.prompts, seed=0)
 
     runs = {"official-style": official_style, "ours": ours}
