@@ -203,7 +203,7 @@ def lsp_summary(run: Path, start: Path, sft_data: Path) -> None:
     print("What it means: the solver reward is scored on the Challenger's own problems (the Challenger is")
     print("rewarded for making the Solver fail), and each step has only a few correct answers, so its")
     print("step-to-step noise is larger than any trend over a short run; the held-out accuracy is the")
-    print(f"fixed measure; a change of a few hundredths is within its noise. With most groups all wrong")
+    print("fixed measure; a change of a few hundredths is within its noise. With most groups all wrong")
     print(f"and a small KL, {len(reward)} steps move this model little: benchmarks/RESULTS.md (LSP on arithmetic)")
     print("measured +0.048 +- 0.037 held-out after 80 steps on a larger tiny model (+0.117 for SFT with labels).")
 
