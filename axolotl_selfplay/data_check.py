@@ -255,10 +255,16 @@ def explain_template_error(cfg, dataset_config, raw, tokenizer) -> None:
     roles is rendered; returns when no conversation is to blame."""
     if not str(dataset_config.get("type") or "").startswith("chat_template"):
         return
-    strategy = _Conversations(cfg, dataset_config, tokenizer).strategy
+    try:
+        strategy = _Conversations(cfg, dataset_config, tokenizer).strategy
+    except Exception:  # the failure lies elsewhere: let Axolotl's own error through
+        return
     seen = set()
     for row, record in enumerate(raw):
-        turns = strategy.get_conversation_thread(record)
+        try:
+            turns = strategy.get_conversation_thread(record)
+        except Exception:  # a row Axolotl cannot read at all: its own error says more
+            return
         roles = tuple(turn.get("role") for turn in turns)
         if roles in seen:
             continue

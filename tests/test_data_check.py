@@ -600,3 +600,28 @@ def test_check_help_documents_its_options(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "without loading any model weights" in out and "--verbose" in out and "config" in out
+
+
+def test_a_tokenization_error_the_template_does_not_explain_passes_through(monkeypatch):
+    """`watch_entries(on_error=...)`: the explanation replaces Axolotl's error only when it finds
+    the row; otherwise Axolotl's own error propagates unchanged."""
+    from axolotl.utils.data import sft
+
+    from axolotl_selfplay.axolotl_data import watch_entries
+    from axolotl_selfplay.data_check import SelfPlayDataError
+
+    def failing_wrapper(**kwargs):
+        raise RuntimeError("Axolotl's own error")
+
+    monkeypatch.setattr(sft, "get_dataset_wrapper", failing_wrapper)
+    kwargs = {"dataset_config": {}, "dataset": [], "tokenizer": None}
+    with watch_entries(lambda *args: None, on_error=lambda *args: None):
+        with pytest.raises(RuntimeError, match="Axolotl's own error"):
+            sft.get_dataset_wrapper(**kwargs)
+
+    def explain(*args):
+        raise SelfPlayDataError("row 3: the chat template rejects this conversation")
+
+    with watch_entries(lambda *args: None, on_error=explain):
+        with pytest.raises(SelfPlayDataError, match="row 3"):
+            sft.get_dataset_wrapper(**kwargs)
