@@ -1,56 +1,49 @@
 """`axolotl-selfplay check CONFIG.yml`: what `axolotl train` checks before its model loads, in seconds.
 
-It runs the code `axolotl train` runs, up to the model:
+The console script (cli.py) first runs the checks that need neither torch nor Axolotl
+(config_file.py). Then this module runs the code `axolotl train` runs, up to the model:
 1. Axolotl's config loading (`load_cfg`): the plugins, our `register()` (the
    `selfplay:` block, its compatibility checks, the LSP reward functions) and
    Axolotl's own validation.
 2. The plugin's data preparation, the very function its `load_datasets` hook
    calls: for SPIN, `datasets:` through Axolotl's loading, split choice and
-   tokenization with every row checked (data_check.py); for LSP, the seed
-   prompts, the chat template and the reward model's config (data.py).
+   tokenization with every row checked (data/spin.py); for LSP, the seed
+   prompts, the chat template and the reward model's config (data/lsp.py).
 Then it prints a one-screen summary, or the error `axolotl train` would stop
 with, and exits non-zero. Only the tokenizer is loaded, never model weights.
-Like `axolotl preprocess`, it leaves Axolotl's tokenized dataset in
+The console script (cli.py) quiets Axolotl's logging before this module imports
+Axolotl. Like `axolotl preprocess`, it leaves Axolotl's tokenized dataset in
 `dataset_prepared_path`, so the next `axolotl train` does not tokenize again.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 import traceback
-from pathlib import Path
 
-from .config import SELFPLAY_RL_TYPES
+import axolotl
+import datasets
+import numpy as np
+from axolotl.cli.config import load_cfg
+from axolotl.loaders import load_tokenizer
 
-
-def add_check_command(sub) -> None:
-    check = sub.add_parser(
-        "check",
-        help="check a self-play config and its data as `axolotl train` would, without loading the model",
-        description="Check a self-play config and its data as `axolotl train` would (config validation, "
-        "every dataset row, the chat template, LSP reward functions), without loading any model weights.",
-    )
-    check.add_argument("config", help="the Axolotl YAML to check (the one you pass to `axolotl train`)")
-    check.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="show Axolotl's own log lines and progress bars, and the traceback of an error",
-    )
+from .config import LSP_NO_DATA, SELFPLAY_RL_TYPES, task_weights
+from .data.columns import GAME_SEED_COLUMN
+from .data.lsp import prepare_lsp_games
+from .data.rows import inspect_sources
+from .data.spin import prepare_spin_data
+from .data.split import generation_end_ids, split_prompt_response
+from .distributed import launched_world_size
 
 
 def run_check_command(args) -> int:
-    if not args.verbose:
-        # Read by Axolotl's logging setup when it is first imported (it may already be in-process).
-        os.environ.setdefault("AXOLOTL_LOG_LEVEL", "WARNING")
-        os.environ.setdefault("LOG_LEVEL", "ERROR")
     try:
         summary = run_check(args.config, quiet=not args.verbose)
     except Exception as error:  # noqa: BLE001 - every failure is reported the same way
         if args.verbose:
             traceback.print_exc()
-        print(f"axolotl-selfplay check: {args.config}: FAILED\n{error}{_plugin_hint(args.config)}", file=sys.stderr)
+        print(f"axolotl-selfplay check: {args.config}: FAILED\n{error}", file=sys.stderr)
         return 1
     print(summary)
     return 0
@@ -58,14 +51,7 @@ def run_check_command(args) -> int:
 
 def run_check(config: str, quiet: bool = True) -> str:
     """Everything `axolotl train` checks before loading the model; the summary, or an exception."""
-    import axolotl
-    from axolotl.cli.config import load_cfg
-
     if quiet:
-        import logging
-
-        import datasets
-
         datasets.disable_progress_bars()
         # Axolotl's advice to preprocess before training: `check` is such a step already.
         logging.getLogger("axolotl.utils.data.sft").addFilter(lambda r: "VRAM instability" not in r.getMessage())
@@ -78,37 +64,15 @@ def run_check(config: str, quiet: bool = True) -> str:
         )
     head = f"axolotl-selfplay check: {config}: OK (rl: {selfplay['type']}, Axolotl {axolotl.__version__}, no model weights loaded)"
     if selfplay["type"] == "lsp":
-        from .data import prepare_lsp_games
-
         return "\n".join([head, *_lsp_lines(cfg, prepare_lsp_games(cfg))])
-    from .data_check import inspect_sources, prepare_spin_datasets
-
-    data = prepare_spin_datasets(cfg)
+    data = prepare_spin_data(cfg)
     # Loaded from Axolotl's cache, the rows did not pass by entry by entry: read the
     # entries once more for the per-entry figures.
     entries = data.entries or inspect_sources(cfg)
     return "\n".join([head, *_spin_lines(cfg, data, entries)])
 
 
-def _plugin_hint(config: str) -> str:
-    """Axolotl 0.19 only finds the plugin through `plugins:`; its own error does not say so."""
-    from importlib.metadata import version
-
-    import yaml
-
-    try:
-        raw = yaml.safe_load(Path(config).read_text()) or {}
-        major_minor = tuple(int(x) for x in version("axolotl").split(".")[:2])
-    except Exception:  # noqa: BLE001
-        return ""
-    if raw.get("rl") in SELFPLAY_RL_TYPES and major_minor < (0, 20) and not raw.get("plugins"):
-        return "\nhint: Axolotl < 0.20 needs `plugins: [axolotl_selfplay.plugin.SelfPlayPlugin]` in the YAML."
-    return ""
-
-
 def _percentiles(values: list[int]) -> str:
-    import numpy as np
-
     if not values:
         return "-"
     p50, p90, p99 = (int(np.percentile(values, q)) for q in (50, 90, 99))
@@ -145,7 +109,7 @@ def _spin_lines(cfg, data, entries) -> list[str]:
     )
     lines.append(f"prompts    end with {_prompt_ending(cfg, train)!r} (the chat template's generation prompt)")
     epochs = sp["epochs_per_iteration"]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     lines.append(
         f"schedule   {schedule.iterations} iterations × {epochs} epoch{'s' if epochs > 1 else ''} × "
         f"{schedule.steps_per_epoch} steps = {schedule.total_steps} optimizer steps (micro_batch_size "
@@ -171,18 +135,14 @@ def _spin_lines(cfg, data, entries) -> list[str]:
 
 
 def _prompt_ending(cfg, train) -> str:
-    """The last characters of the first training prompt: where generation starts."""
-    from axolotl.loaders import load_tokenizer
-
-    from .data import split_prompt_response
-
-    prompt, _ = split_prompt_response(train[0]["input_ids"], train[0]["labels"])
-    return "…" + load_tokenizer(cfg).decode(prompt)[-40:]
+    """The last characters of the first training prompt: where generation starts (split as
+    the trainer splits it)."""
+    tokenizer = load_tokenizer(cfg)
+    prompt, _ = split_prompt_response(train[0]["input_ids"], train[0]["labels"], generation_end_ids(cfg, tokenizer))
+    return "…" + tokenizer.decode(prompt)[-40:]
 
 
 def _lsp_lines(cfg, meta) -> list[str]:
-    from .data import GAME_SEED_COLUMN, LSP_NO_DATA
-
     lsp, gen = cfg.selfplay["lsp"], cfg.selfplay["generation"]
     games = meta.train_dataset
     n, g = lsp["num_queries"], lsp["num_answers"]
@@ -193,7 +153,7 @@ def _lsp_lines(cfg, meta) -> list[str]:
         f"{name} (weight {w})"
         for name, w in zip(
             [*lsp["reward_funcs"], *([lsp["reward_model"]] if lsp.get("reward_model") else [])],
-            lsp.get("reward_weights") or [1.0] * 99,
+            task_weights(lsp),
         )
     ]
     return [

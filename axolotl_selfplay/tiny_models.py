@@ -2,8 +2,10 @@
 
 Each family is a few-hundred-kilobyte random model of the real family's
 architecture (tied or untied embeddings, GQA, rope scaling, qkv bias, sliding
-window, logit softcapping, ...) with a byte-level BPE tokenizer trained locally
-on a handful of sentences, but with the REAL family's special-token strings,
+window, logit softcapping, ...) with a tokenizer trained locally on a handful of
+sentences — byte-level BPE, or for `zephyr` SentencePiece-style pieces (a Metaspace
+"▁" word prefix with Llama-2's legacy handling, byte fallback) — but with the REAL
+family's special-token strings,
 BOS/EOS/pad conventions, chat template and a `generation_config.json` shaped
 like the one the real checkpoints ship (sampling defaults included). Real
 families differ exactly in these conventions, and that is where self-play code
@@ -13,8 +15,8 @@ leak into generation), so the tests train on all of them.
 
     build_tiny_model(DIR, family="qwen2.5")     # or: axolotl-selfplay tiny-model DIR --family qwen2.5
 
-`family="llama"` is the original synthetic tiny Llama (ChatML template, untied)
-and is byte-for-byte what earlier versions built. Templates are the real ones
+`family="llama"` is a synthetic tiny Llama (ChatML template, untied), the
+default of the tests and the demo. Templates are the real ones
 without their tool-calling branches.
 """
 
@@ -23,6 +25,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+
+from .batching import pad_sequences
+from .scoring.logprobs import sequence_logps
 
 # -- chat templates ------------------------------------------------------------
 
@@ -143,6 +148,18 @@ PHI3_TEMPLATE = (
 )
 
 
+# zephyr-7b-sft-full / zephyr-7b-beta (the SPIN paper's starting model), verbatim: every turn
+# ends with the EOS token </s> and a newline; the generation prompt is "<|assistant|>\n"; no
+# BOS in the template (the tokenizer adds <s> when asked to add special tokens).
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+
+
 # -- families ------------------------------------------------------------------
 
 
@@ -168,6 +185,8 @@ class Family:
     dropout_keys: tuple[str, ...] = ("attention_dropout",)
     # the template's fixed text, which a real tokenizer encodes in a few tokens
     template_text: tuple[str, ...] = ()
+    # "byte-level" (GPT-2 style BPE) or "sentencepiece" (Llama-2 / Mistral v0.1 style)
+    pieces: str = "byte-level"
     # real models whose shape this copies (documentation only)
     shaped_like: str = ""
 
@@ -327,10 +346,25 @@ FAMILIES: dict[str, Family] = {
         dropout_keys=("attention_dropout", "resid_pdrop", "embd_pdrop"),
         shaped_like="Phi-3-mini-4k-instruct",
     ),
+    # The SPIN paper's own model. Its tokenizer prefixes the first word of every piece of
+    # text with "▁" (also after a special token: Llama-2's legacy behaviour), so a reply
+    # tokenized on its own starts with "▁The" where inside the conversation it is "The".
+    "zephyr": Family(
+        architecture="LlamaConfig",
+        special_tokens=["<unk>", "<s>", "</s>"],
+        bos="<s>",
+        eos="</s>",
+        pad="</s>",  # zephyr's tokenizer_config.json pads with </s>
+        unk="<unk>",
+        add_bos=True,
+        chat_template=ZEPHYR_TEMPLATE,
+        pieces="sentencepiece",
+        template_text=("<|system|>\n", "<|user|>\n", "<|assistant|>\n"),
+        config={"tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 10000.0},
+        generation={"bos_token_id": "<s>", "eos_token_id": "</s>"},
+        shaped_like="zephyr-7b-sft-full (Mistral-7B-v0.1, Llama-2's tokenizer conventions)",
+    ),
 }
-
-# Back-compat names (the llama family's).
-SPECIAL_TOKENS = FAMILIES["llama"].special_tokens
 
 _BUILTIN_CORPUS = [
     "user assistant system hello how are you today",
@@ -353,9 +387,8 @@ def _corpus(data_file: str | None) -> list[str]:
     return texts
 
 
-def _build_tokenizer(family: Family, data_file: str | None, vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def _byte_level_bpe(family: Family, texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer_model = Tokenizer(models.BPE())
     tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -366,7 +399,53 @@ def _build_tokenizer(family: Family, data_file: str | None, vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer_model.train_from_iterator(_corpus(data_file) + list(family.template_text) * 20, trainer=trainer)
+    tokenizer_model.train_from_iterator(texts, trainer=trainer)
+    return tokenizer_model
+
+
+BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]  # SentencePiece's byte-fallback pieces
+
+
+def _sentencepiece_bpe(family: Family, texts: list[str], vocab_size: int):
+    """A BPE tokenizer laid out as Llama-2's / Mistral v0.1's tokenizer.json: special tokens,
+    then the 256 byte-fallback pieces, then the learned pieces; a Metaspace pre-tokenizer that
+    turns spaces into "▁" and prefixes every piece of text with one (`prepend_scheme:
+    always`, the `legacy: true` behaviour: after a special token too); pieces never cross a
+    word boundary, as SentencePiece's; no piece for "\n", which is the byte piece <0x0A> as in
+    Llama-2's vocabulary; a decoder that strips the one leading space."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    learner = Tokenizer(models.BPE(unk_token=family.unk))
+    learner.pre_tokenizer = metaspace
+    trainer = trainers.BpeTrainer(
+        vocab_size=max(vocab_size - len(BYTE_PIECES), 128), special_tokens=family.special_tokens, show_progress=False
+    )
+    learner.train_from_iterator([text.replace("\n", " ") for text in texts], trainer=trainer)
+    learned = json.loads(learner.to_str())["model"]
+    pieces = list(family.special_tokens) + BYTE_PIECES
+    pieces += [p for p, _ in sorted(learned["vocab"].items(), key=lambda item: item[1]) if p not in pieces]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    tokenizer_model = Tokenizer(models.BPE(vocab, merges, unk_token=family.unk, byte_fallback=True, fuse_unk=True))
+    tokenizer_model.pre_tokenizer = metaspace
+    tokenizer_model.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return tokenizer_model
+
+
+def _build_tokenizer(family: Family, data_file: str | None, vocab_size: int):
+    from tokenizers import AddedToken, processors
+    from transformers import PreTrainedTokenizerFast
+
+    texts = _corpus(data_file) + list(family.template_text) * 20
+    if family.pieces == "sentencepiece":
+        tokenizer_model = _sentencepiece_bpe(family, texts, vocab_size)
+        specials = [AddedToken(t, special=True, normalized=False) for t in family.special_tokens]
+        tokenizer_model.add_special_tokens(specials)
+    else:
+        tokenizer_model = _byte_level_bpe(family, texts, vocab_size)
     if family.add_bos:
         bos_id = tokenizer_model.token_to_id(family.bos)
         tokenizer_model.post_processor = processors.TemplateProcessing(
@@ -393,11 +472,14 @@ def build_tiny_model(
     seed: int = 0,
     family: str = "llama",
     dropout: float = 0.0,
+    head_dim: int | None = None,
 ) -> str:
     """Build and save a tiny random model of `family` + its tokenizer; returns output_dir.
 
     dropout > 0 sets the family's dropout probabilities (attention dropout, and for
-    Phi-3 also the residual and embedding dropout).
+    Phi-3 also the residual and embedding dropout). head_dim: the attention heads' width
+    when not hidden_size / 4 (vLLM's CPU attention refuses heads narrower than 32 or so:
+    the real-engine tests use 64).
     """
     import torch
     import transformers
@@ -429,8 +511,10 @@ def build_tiny_model(
         "pad_token_id": tokenizer.pad_token_id,
         "tie_word_embeddings": False,
     }
+    if head_dim is not None:
+        shape["head_dim"] = head_dim
     if spec.architecture.startswith("Gemma"):
-        head_dim = hidden_size // 4
+        head_dim = head_dim or hidden_size // 4
         shape.update({"head_dim": head_dim, "query_pre_attn_scalar": head_dim})
     shape.update({k: token_id(v) if k.endswith("token_id") else v for k, v in spec.config.items()})
     if dropout:
@@ -448,38 +532,34 @@ def build_tiny_model(
     return output_dir
 
 
-def warm_up(model_dir: str, data_file: str, steps: int, lr: float = 3e-3, batch_size: int = 32, seed: int = 0) -> None:
+def warm_up(
+    model_dir: str,
+    data_file: str,
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    log_every: int = 0,
+) -> None:
     """Plain supervised fine-tuning on the last assistant turn of each row (tiny models only).
 
     The target is the turn's text up to the first token that ends it (the
-    template's own end-of-turn token, whatever the family).
+    template's own end-of-turn token, whatever the family). `log_every` > 0 prints
+    "warm-up step i/steps, loss x" every that many steps (and at the last one).
     """
     import random
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .logprobs import pad_sequences, sequence_logps
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    examples = []
-    with open(data_file, encoding="utf-8") as f:
-        for line in f:
-            messages = json.loads(line)["messages"]
-            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages, tokenize=False)
-            if not full.startswith(prompt):
-                raise ValueError(f"{model_dir}: the chat template renders the prompt differently inside the conversation")
-            reply = _reply_through_end_of_turn(model_dir, tokenizer, full[len(prompt) :], messages[-1]["content"])
-            examples.append(
-                (tokenizer(prompt, add_special_tokens=False)["input_ids"], tokenizer(reply, add_special_tokens=False)["input_ids"])
-            )
+    examples = warm_up_examples(model_dir, tokenizer, data_file)
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         batch = rng.sample(examples, min(batch_size, len(examples)))
         padded = pad_sequences([p for p, _ in batch], [r for _, r in batch], tokenizer.pad_token_id)
         logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
@@ -487,7 +567,31 @@ def warm_up(model_dir: str, data_file: str, steps: int, lr: float = 3e-3, batch_
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if log_every and (step % log_every == 0 or step == steps):
+            print(f"warm-up step {step}/{steps}, loss {loss.item():.3f}", flush=True)
     model.save_pretrained(model_dir)
+
+
+def warm_up_examples(model_dir: str, tokenizer, data_file: str) -> list[tuple[list[int], list[int]]]:
+    """(prompt, reply) token ids of each row's last assistant turn: prompt + reply (through its end
+    of turn) tokenized as one text and cut where the reply's text starts, so both are the tokens
+    they are inside the conversation. Tokenized on its own, a SentencePiece-style reply would
+    start with "▁"; a byte-level prompt ending in "\n\n" would end in one merged token."""
+    examples = []
+    with open(data_file, encoding="utf-8") as f:
+        for line in f:
+            messages = json.loads(line)["messages"]
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            if not full.startswith(prompt):
+                raise ValueError(
+                    f"{model_dir}: the chat template renders the prompt differently inside the conversation"
+                )
+            reply = _reply_through_end_of_turn(model_dir, tokenizer, full[len(prompt) :], messages[-1]["content"])
+            whole = tokenizer(prompt + reply, add_special_tokens=False, return_offsets_mapping=True)
+            cut = next(i for i, (start, end) in enumerate(whole["offset_mapping"]) if end > len(prompt))
+            examples.append((whole["input_ids"][:cut], whole["input_ids"][cut:]))
+    return examples
 
 
 def _reply_through_end_of_turn(model_dir: str, tokenizer, rendered_reply: str, content: str) -> str:

@@ -83,6 +83,11 @@ def axolotl_config(model_dir: Path | str, output_dir: Path | str, **overrides) -
     }
     if needs_plugins_line():
         cfg["plugins"] = [PLUGIN]
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: dict, overrides: dict) -> dict:
+    """Set each key of `overrides` in the config `cfg` (a value of None removes the key)."""
     for key, value in overrides.items():
         if value is None:
             cfg.pop(key, None)
@@ -202,8 +207,8 @@ def chat_prompts(tokenizer, user_texts: list[str]) -> list[list[int]]:
 
 def greedy_replies(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 250) -> list[str]:
     """The model's greedy replies (the plugin's generator), decoded without special tokens."""
-    from axolotl_selfplay.generation import generate_responses
-    from axolotl_selfplay.sampling import SamplingSpec
+    from axolotl_selfplay.sampling.hf import generate_responses
+    from axolotl_selfplay.sampling.spec import SamplingSpec
 
     generated = generate_responses(
         model,

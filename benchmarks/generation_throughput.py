@@ -6,7 +6,7 @@ Same model, same prompts (mixed lengths: chat histories of 1–4 conversations),
 same `max_new_tokens`, greedy decoding so the outputs are comparable:
 - `official-style`: fixed batches of prompts in dataset order, the tokenizer's
   left padding, `model.generate` (what uclaml/SPIN's generate.py does);
-- `ours`: `axolotl_selfplay.generation.generate_responses` (prompts sorted by
+- `ours`: `axolotl_selfplay.sampling.hf.generate_responses` (prompts sorted by
   length, hand-made left padding, rows that end their turn leave the running batch
   and its KV cache, cut at the first end of turn).
 Reports useful tokens per second (generated tokens up to and including the
@@ -14,7 +14,8 @@ first end of turn) and the useful-token efficiency: useful tokens / decode
 slots computed (rows × decode steps: official-style, every row of a batch until its
 longest response ends; ours, as the generator counts them), i.e. how much of the
 work is padding. Each generator
-runs `--repeats` times alternately; the median time is used. Ratios measured
+runs `--repeats` times, the two in alternating order (after one untimed pass of each with
+`--warmup`); the median time is used. Ratios measured
 side by side are the result; absolute numbers on these shared CPUs are noise.
 
 The efficiency depends only on the model's greedy response lengths, so the model
@@ -87,8 +88,8 @@ def official_style(model, tokenizer, prompts, batch_size, max_new_tokens):
 
 
 def ours(model, tokenizer, prompts, batch_size, max_new_tokens):
-    from axolotl_selfplay.generation import generate_responses
-    from axolotl_selfplay.sampling import SamplingSpec
+    from axolotl_selfplay.sampling.hf import generate_responses
+    from axolotl_selfplay.sampling.spec import SamplingSpec
 
     stats = {}  # decode slots as the generator computed them: ended rows leave the batch
     results = generate_responses(
@@ -107,6 +108,9 @@ def main() -> None:
     parser.add_argument("--long-replies", action="store_true",
                         help="warm the model up on replies of 1-12 joined sentences (responses of tens to hundreds of tokens)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", action="store_true",
+                        help="one untimed pass of each generator on the first batch of prompts before timing "
+                             "(a GPU's first calls pay for kernel loading, autotuning and allocator growth)")
     add_results_argument(parser)
     parser.add_argument("--model-dir", help="use this model instead of building the warmed-up tiny one")
     parser.add_argument("--device", default="cpu")
@@ -116,7 +120,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_selfplay.cli import build_tiny_model, warm_up
+    from axolotl_selfplay.tiny_models import build_tiny_model, warm_up
 
     work = Path(args.workdir).resolve() / ("long" if args.long_replies else "short")
     if args.model_dir:
@@ -145,8 +149,13 @@ def main() -> None:
     times = {name: [] for name in runs}
     prefill = {name: [] for name in runs}  # max_new_tokens 1: the prompts' forward and one step
     results = {}
-    for _ in range(args.repeats):
-        for name, generate in runs.items():
+    if args.warmup:
+        for generate in runs.values():
+            generate(model, tokenizer, prompts[: args.batch_size], args.batch_size, args.max_new_tokens)
+    for repeat in range(args.repeats):
+        # alternating the order: whichever runs second would otherwise always find warmer caches and clocks
+        order = list(runs.items()) if repeat % 2 == 0 else list(reversed(runs.items()))
+        for name, generate in order:
             start = time.perf_counter()
             results[name] = generate(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
             times[name].append(time.perf_counter() - start)

@@ -92,7 +92,7 @@ def build_store(kind: str, examples: int, rank: int, world: int, checkout: str) 
         sys.modules["old_opponent"] = opponent
         spec.loader.exec_module(opponent)
     else:
-        from axolotl_selfplay import opponent
+        from axolotl_selfplay.spin import store as opponent
     gc.collect()
     start = rss_kib()
     if kind == "before":  # build_examples' lists, then the store over them
@@ -142,7 +142,7 @@ def _theta0_rank(rank: int, world: int, port: int, hidden: int, layers: int, out
     import torch.distributed as dist
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from axolotl_selfplay.reference import StartingModel
+    from axolotl_selfplay.scoring.starting_model import StartingModel
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

@@ -9,7 +9,7 @@ chat turns, long replies, and opponents of `--max-new-tokens` tokens (a random m
 rarely ends its turn, so most y' use them all). Both arms are real `axolotl train`
 runs, full fine-tuning, fp32, AdamW, micro-batch 8 pairs, on the same pairs:
 - `spin`: one iteration (generation, scoring, training); log-probs from the last
-  hidden states at the response positions, lm_head in chunks (head_logps.py);
+  hidden states at the response positions, lm_head in chunks (scoring/head.py);
 - `dpo`: Axolotl's `rl: dpo` on the SPIN run's own pairs (chosen = y, rejected = y',
   from `selfplay/iter_0.jsonl`), with its live reference model.
 Peak memory = the training process's max RSS. The floor of one such process is
@@ -61,7 +61,7 @@ def big_vocabulary_model(model_dir: Path, vocab: int, hidden: int, layers: int) 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from axolotl_selfplay.cli import build_tiny_model
+    from axolotl_selfplay.tiny_models import build_tiny_model
 
     build_tiny_model(str(model_dir), data_file=str(CHAT_DATA))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -126,7 +126,7 @@ def main() -> None:
                                    env=axolotl_env(), check=True).stdout.split()[-1])
     floor = floor_kib / 2**20 + 16 * params / 2**30  # fp32 weights, gradients, two AdamW moments
     try:
-        from axolotl_selfplay.head_logps import CHUNK_BYTES
+        from axolotl_selfplay.scoring.head import CHUNK_BYTES
 
         chunk = f"lm_head chunk {CHUNK_BYTES // (4 * args.vocab)} positions"
     except ImportError:  # a checkout from before head_logps.py

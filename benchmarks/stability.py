@@ -60,7 +60,7 @@ def main() -> None:
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
-    from axolotl_selfplay.cli import build_tiny_model
+    from axolotl_selfplay.tiny_models import build_tiny_model
 
     model = work / "tiny-model"
     build_tiny_model(str(model), data_file=str(CHAT_DATA))

@@ -99,7 +99,7 @@ def main() -> None:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
 
-    from axolotl_selfplay.cli import build_tiny_model
+    from axolotl_selfplay.tiny_models import build_tiny_model
 
     model = work / "model"
     if not (model / "model.safetensors").exists():

@@ -123,7 +123,7 @@ def write_chat(path: Path, problems) -> None:
 
 def evaluate(model_dir: Path, tokenizer_dir: Path, problems, batch_size: int = 250) -> dict:
     """Greedy exact match and mean log-prob of the real answer (summed over its tokens and <|im_end|>)."""
-    from axolotl_selfplay.generation import score_responses
+    from axolotl_selfplay.scoring.logprobs import score_responses
 
     model, tokenizer = load_for_eval(model_dir, tokenizer_dir)
     prompts = chat_prompts(tokenizer, [question(a, b) for a, b in problems])
@@ -173,7 +173,7 @@ def checkpoints(out: Path) -> dict[int, Path]:
 
 def sft_start(seed: int, work: Path, data: Path, dev, args) -> dict:
     """Plain SFT from a random tiny Llama; returns the dev curve and the weak / plateau checkpoints."""
-    from axolotl_selfplay.cli import build_tiny_model
+    from axolotl_selfplay.tiny_models import build_tiny_model
 
     base = work / f"init-{seed}"
     out = work / f"theta0-{seed}"

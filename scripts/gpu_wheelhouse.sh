@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the GPU proof kit's wheelhouse (on a machine with a package registry; the GPU machine has none).
 #   bash scripts/gpu_wheelhouse.sh [DIR]      default DIR: gpu_wheelhouse/ (git-ignored, carried to the GPU)
-# The GPU image (scripts/gpu_image_requirements.txt) has torch, transformers, accelerate, peft,
-# safetensors, tokenizers, numpy, huggingface_hub, pyarrow, tqdm and their dependencies, but not
-# Axolotl, TRL or datasets. These are the wheels, installed there with --no-deps, that an
-# `rl: spin` (and `rl: dpo`) run through `axolotl train` really imports, found by running it in a
-# venv that mimics the image (scripts/gpu_rehearsal.sh) until no import failed. Must stay <= 60 MiB.
+# The GPU image (scripts/gpu_image_requirements.txt: its published list) has torch, transformers,
+# accelerate, peft and ~190 more, but not Axolotl, TRL, datasets or pydantic. These are the wheels,
+# installed there with --no-deps, that an `rl: spin` (and `rl: dpo`) run through `axolotl train`
+# really imports, found by running it in a venv holding exactly the image's list
+# (scripts/gpu_rehearsal.sh) until no import failed. Every wheel must suit the image's Python 3.12
+# on manylinux x86-64 (checked below, whatever machine builds it). Must stay <= 60 MiB.
 # Re-running is cheap: an existing wheelhouse with the same list is kept.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,7 +16,11 @@ wheels=(
   # what the kit is about
   axolotl==0.21.0 trl==1.14.1 datasets==5.0.1
   axolotl-contribs-lgpl==0.0.7 axolotl-contribs-mit==0.0.6  # axolotl.train imports axolotl.contribs (sdists: built here)
-  # datasets' import-time dependencies (pandas is imported by datasets.arrow_dataset at import)
+  # Axolotl's config schema and axolotl_selfplay/config.py; not in the image (pydantic-core is compiled)
+  pydantic==2.13.5 pydantic-core==2.46.5 annotated-types==0.8.0 typing-inspection==0.4.5
+  # datasets' import-time dependencies (pandas is imported by datasets.arrow_dataset at import). pandas,
+  # xxhash, dateutil, six, requests, urllib3, charset-normalizer, colorama and pillow are in the image
+  # too, at versions not published: carried, so the machine runs the versions the rehearsal ran
   dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0 pandas==3.1.1
   python-dateutil==4.0.0 six==1.17.0 pytz==2026.6 tzdata==2026.6  # pandas' own
   requests==2.34.2 urllib3==2.8.0 charset-normalizer==3.5.3       # datasets.utils.file_utils; the image's hub uses httpx
@@ -26,12 +31,13 @@ wheels=(
   fastcore==2.2.41    # axolotl.utils.model_shard_quant
   evaluate==0.4.1     # axolotl.utils.callbacks
 )
-# Imported at import time but never called by a single-GPU, unquantised bf16 SPIN run, and too
-# big to carry (limit 60 MiB), so satisfied by stand-in modules (the `selfplay-gpu-stubs` wheel
-# built below) whose every attribute is a class that raises when used:
-#   numba        (+ llvmlite: 63 MB)  axolotl.utils.samplers.multipack decorates with @numba.njit at
-#                                     import; sample packing is off, and the stand-in's njit returns
-#                                     the function unchanged (the packer would run as plain Python).
+# Imported at import time but never called by a single-GPU, unquantised bf16 SPIN run, and not in
+# the image or too big to carry (limit 60 MiB), so satisfied by stand-in modules (the
+# `selfplay-gpu-stubs` wheel built below) whose every attribute is a class that raises when used:
+#   numba        (in the image, at a version not published, and unused: the stand-in, first on the
+#                path, keeps its numpy-version checks out of the run) axolotl.utils.samplers.multipack
+#                                     decorates with @numba.njit at import; sample packing is off, and
+#                                     the stand-in's njit returns the function unchanged.
 #   bitsandbytes (43 MB, CUDA kernels) axolotl.loaders.adapter imports it for 4/8-bit (Q)LoRA; the
 #                                     kit's LoRA is unquantised and only isinstance-checks its classes.
 #   wandb        (~20 MB)             axolotl.utils.callbacks imports it; no wandb_project is set. The
@@ -58,7 +64,27 @@ find_python() {  # the image's Python is 3.12: build (and pick binary wheels) fo
 python="$(find_python)"
 rm -rf "$dest"; mkdir -p "$dest"
 echo "building the wheelhouse in $dest ..." >&2
-"$python" -m pip wheel -q --no-deps -w "$dest" "${wheels[@]}" 2> >(grep -v "WARNING: Location" >&2)
+# binary wheels for the image's platform whatever this machine is; the few sdists (Axolotl's contribs)
+# are pure Python, built here
+sdists=(); binaries=()
+for wheel in "${wheels[@]}"; do
+  case "$wheel" in axolotl-contribs-*) sdists+=("$wheel");; *) binaries+=("$wheel");; esac
+done
+platforms=()
+for tag in manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64; do
+  platforms+=(--platform "$tag")
+done
+# several at a time: pip asks the index one package at a time, and each answer takes a while
+printf '%s\n' "${binaries[@]}" | xargs -P 8 -n 4 "$python" -m pip download -q --no-deps --only-binary=:all: \
+  --python-version 3.12 --implementation cp "${platforms[@]}" -d "$dest" 2> >(grep -v "WARNING: Location" >&2) &
+"$python" -m pip wheel -q --no-deps -w "$dest" "${sdists[@]}" 2> >(grep -v "WARNING: Location" >&2)
+wait $! || { echo "downloading the wheels failed" >&2; exit 1; }
+# every wheel must install on the image: Python 3.12 (CPython), manylinux x86-64 or pure Python
+for whl in "$dest"/*.whl; do
+  tags="$(basename "$whl" .whl | rev | cut -d- -f1-3 | rev)"
+  [[ "$tags" =~ ^(py3|py2\.py3|py312|cp312|cp3[0-9]+)-(none|abi3|cp312)-(any|.*manylinux[^-]*x86_64.*)$ ]] \
+    || { echo "$(basename "$whl"): not for the image's Python 3.12 on x86-64 Linux" >&2; exit 1; }
+done
 
 "$python" - "$dest" "${stubs[@]}" <<'PY'
 """Write the stand-in modules as one small wheel (selfplay_gpu_stubs), installable with --no-deps."""

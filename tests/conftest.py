@@ -1,24 +1,36 @@
-"""Shared fixtures: a tiny offline Llama, chat data, and `axolotl train` runners."""
+"""Shared fixtures and helpers, written once for every test file: tiny offline models, chat
+data, configs, `axolotl train` runners (subprocess and in-process), free ports."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import re
+import select
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-# The config skeleton and TensorBoard reader the benchmarks use (stdlib + yaml only at import).
-sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_common import axolotl_config, scalars  # noqa: E402
+# The repository root, so `benchmarks` imports as a package (appended: it never shadows an
+# installed module). The benchmarks' config skeleton and TensorBoard reader import only the
+# standard library and yaml.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+from benchmarks.bench_common import apply_overrides, axolotl_config, chat_dataset, scalars  # noqa: E402
+
 DEMO_DATA = REPO / "example_configs" / "data" / "tiny_chat.jsonl"
 ARITHMETIC_DATA = REPO / "example_configs" / "data" / "arithmetic_sft.jsonl"
 ARITHMETIC_REWARD = REPO / "example_configs" / "rewards" / "arithmetic.py"
@@ -27,6 +39,7 @@ AXOLOTL_VERSION = tuple(int(x) for x in version("axolotl").split(".")[:2])
 NEEDS_PLUGINS_LINE = AXOLOTL_VERSION < (0, 20)
 PLUGIN = "axolotl_selfplay.plugin.SelfPlayPlugin"
 RUN_TRAIN = str(REPO / "tests" / "scripts" / "run_train.py")  # Axolotl's train entry point, in-process
+WARM_PYTHON = str(REPO / "tests" / "scripts" / "warm_python.py")  # forks one training run per request
 # A small LoRA adapter on every linear layer, trained fast enough to move within 8 steps.
 LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True, "learning_rate": 5e-3}
 
@@ -40,6 +53,25 @@ if THREADS == 1:
     import torch
 
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.one_version("0.19", why=...)`: the test runs on that Axolotl version only.
+
+    CI runs the suite on two Axolotl versions within its time budget; a test whose subject is
+    ours (torch.distributed, DeepSpeed or FSDP under our trainer, a model family's tokenizer)
+    rather than Axolotl's (config, data loading, trainer builder, checkpoints, the CLI) gains
+    nothing from the second run. Such tests are spread over both versions.
+    SELFPLAY_ALL_VERSIONS=1 runs them everywhere."""
+    if os.environ.get("SELFPLAY_ALL_VERSIONS") == "1":
+        return
+    here = ".".join(str(part) for part in AXOLOTL_VERSION)
+    for item in items:
+        mark = item.get_closest_marker("one_version")
+        if mark is not None and mark.args[0] != here:
+            why = mark.kwargs.get("why", "")
+            reason = f"runs on Axolotl {mark.args[0]} only{': ' + why if why else ''} (SELFPLAY_ALL_VERSIONS=1 runs it here)"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +135,42 @@ def arithmetic_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory) -> Path:
+    """`arithmetic_model_dir` with 64-wide attention heads, for the real vLLM engine (its CPU
+    attention refuses the 16-wide heads of the other tiny models)."""
+    from axolotl_selfplay.tiny_models import build_tiny_model, warm_up
+
+    path = tmp_path_factory.mktemp("vllm-model")
+    build_tiny_model(str(path), data_file=str(ARITHMETIC_DATA), head_dim=64)
+    warm_up(str(path), str(ARITHMETIC_DATA), steps=120)  # enough for most sampled turns to end
+    return path
+
+
+def vllm_test_prompts(model_dir: Path, asks: list[str]) -> SimpleNamespace:
+    """The fp32 HF model of `model_dir`, its end-of-turn ids, pad id, and `asks` as chat prompts
+    (token ids with the generation prompt): what the real-engine tests compare vLLM with."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_selfplay.data.split import end_of_turn_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    chats = [[{"role": "user", "content": ask}] for ask in asks]
+    prompts = [tokenizer.apply_chat_template(chat, add_generation_prompt=True) for chat in chats]
+    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
+    return SimpleNamespace(model=model, eos=end_of_turn_ids(tokenizer, model.generation_config), prompts=prompts,
+                           pad=tokenizer.pad_token_id)
+
+
+def vllm_or_skip():
+    """Skip the calling test module unless vLLM imports (scripts/setup_vllm.sh builds a venv with it)."""
+    return pytest.importorskip(
+        "vllm", reason="needs vLLM (the real engine): run `scripts/test.sh vllm` (scripts/setup_vllm.sh's venv)"
+    )
+
+
+@pytest.fixture(scope="session")
 def tied_arithmetic_model_dir(tmp_path_factory) -> Path:
     """`arithmetic_model_dir`, Qwen2.5-shaped (tied embeddings): LSP under ZeRO-3. 80 steps
     (31 of 32 sampled problems end their turn) keep it cheap: Qwen's default system prompt
@@ -131,8 +199,7 @@ def reward_model_dir(tmp_path_factory, arithmetic_model_dir) -> Path:
 
 def lsp_config(model_dir: Path, out: Path, **overrides) -> dict:
     """A small CPU `rl: lsp` config: 2 games of 4 queries × 3 answers per step, 3 steps."""
-    cfg = base_config(model_dir, out, rl="lsp", datasets=None, num_epochs=None, micro_batch_size=2, max_steps=3)
-    cfg["selfplay"] = {
+    selfplay = {
         "generation": {"max_new_tokens": 8, "batch_size": 32},
         "lsp": {
             "num_queries": 4,
@@ -143,18 +210,29 @@ def lsp_config(model_dir: Path, out: Path, **overrides) -> dict:
             "reward_funcs": ["arithmetic.exact_sum"],
         },
     }
-    for key, value in overrides.items():
-        if value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    return cfg
+    cfg = base_config(model_dir, out, rl="lsp", datasets=None, num_epochs=None, micro_batch_size=2, max_steps=3)
+    cfg["selfplay"] = selfplay
+    return apply_overrides(cfg, overrides)
+
+
+# `varied.by_text`: distinct answers get distinct rewards, so every group of answers that are not
+# all equal has a nonzero advantage and the first update certainly moves the policy. The arithmetic
+# reward gives a tiny model's answers equal rewards for whole steps (all wrong, or all to queries
+# that are not problems), and whether any step had a spread then depends on the machine's floats.
+VARIED_REWARD = '''import zlib
+
+
+def by_text(completions, **kwargs):
+    return [zlib.crc32(c[0]["content"].encode()) / 2**32 for c in completions]
+'''
 
 
 def with_reward_module(config_dir: Path) -> Path:
-    """Copy the arithmetic reward module where `axolotl train` runs (its working directory)."""
+    """Copy the arithmetic reward module (and `varied.py`, VARIED_REWARD) where `axolotl train`
+    runs (its working directory)."""
     config_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(ARITHMETIC_REWARD, config_dir / "arithmetic.py")
+    (config_dir / "varied.py").write_text(VARIED_REWARD)
     return config_dir
 
 
@@ -166,7 +244,8 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 def base_config(model_dir: Path, out: Path, **overrides) -> dict:
-    """A small CPU SPIN config in the shape a user would write (benchmarks/bench_common.py's skeleton)."""
+    """A small CPU SPIN config in the shape a user would write (benchmarks/bench_common.py's
+    skeleton), with `overrides` applied."""
     cfg = axolotl_config(
         model_dir,
         out / "run",
@@ -175,12 +254,7 @@ def base_config(model_dir: Path, out: Path, **overrides) -> dict:
         learning_rate=1e-3,
         seed=42,
     )
-    for key, value in overrides.items():
-        if value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    return cfg
+    return apply_overrides(cfg, overrides)
 
 
 def write_config(cfg: dict, path: Path) -> Path:
@@ -189,10 +263,20 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (torchrun's master port, a stand-in server's port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update({"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)})
+    # Axolotl tokenizes with one worker process per CPU by default; each is a fresh Python that
+    # imports datasets and transformers (~10 s of CPU) to tokenize 64 rows
+    env.setdefault("AXOLOTL_DATASET_NUM_PROC", "1")
     env.update(extra or {})
     return env
 
@@ -239,9 +323,91 @@ def axolotl_train(cfg: dict, config_path: Path, extra_args=(), env=None, timeout
 
 
 def python_script(args: list[str], env=None, timeout=900, cwd=None) -> subprocess.CompletedProcess:
+    """`python *args`; a training run (tests/scripts/run_train.py) runs in a warm Python instead."""
+    if args and args[0] == RUN_TRAIN:
+        return warm_python().run(args, cwd=cwd or os.getcwd(), env=env, timeout=timeout)
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, env=_env(env), timeout=timeout, cwd=cwd
     )
+
+
+class WarmPython:
+    """Client of tests/scripts/warm_python.py: a process that has imported torch, transformers,
+    Axolotl and this package once and forks a fresh child per training run. A tiny run spends
+    about four fifths of its CPU importing; this pays that once per pytest worker. The children
+    run tests/scripts/run_train.py (Axolotl's per-rank entry point), each in its own process
+    group, working directory, environment and log file. `axolotl train` itself (its launcher)
+    is still run as a real command by the tests that are about it."""
+
+    def __init__(self):
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"warm-python-{os.getpid()}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, WARM_PYTHON], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            env=_env(), cwd=str(REPO),
+        )
+        self.buffer = b""
+        self.ended: dict[int, int] = {}
+        self._read(lambda message: message.get("ready"), timeout=600)
+
+    def _read(self, done, timeout: float) -> dict:
+        """Read replies until one satisfies `done`; remember every end of a run on the way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                message = json.loads(line)
+                if "returncode" in message:
+                    self.ended[message["pid"]] = message["returncode"]
+                if done(message):
+                    return message
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the warm Python exited ({self.proc.returncode}); its log: {self.log.name}")
+            left = deadline - time.monotonic()
+            readable, _, _ = select.select([self.proc.stdout], [], [], max(0.0, min(left, 1.0)))
+            if readable:
+                self.buffer += os.read(self.proc.stdout.fileno(), 65536)
+            elif left <= 0:
+                return {}
+
+    def start(self, args: list[str], cwd, env: dict | None, log: Path) -> int:
+        request = {"argv": [str(a) for a in args], "cwd": str(cwd), "env": _env(env), "log": str(log)}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        return self._read(lambda message: "pid" in message and "returncode" not in message, timeout=60)["pid"]
+
+    def poll(self, pid: int) -> int | None:
+        """The run's return code once it has ended (then forgotten), else None."""
+        self._read(lambda message: False, timeout=0)
+        return self.ended.pop(pid, None)
+
+    def wait(self, pid: int, timeout: float) -> int:
+        if pid not in self.ended:
+            self._read(lambda message: message.get("pid") == pid and "returncode" in message, timeout=timeout)
+        if pid not in self.ended:
+            os.killpg(pid, signal.SIGKILL)  # the run and whatever it started
+            self._read(lambda message: message.get("pid") == pid and "returncode" in message, timeout=60)
+            raise subprocess.TimeoutExpired(f"warm run {pid}", timeout)
+        return self.ended.pop(pid)
+
+    def run(self, args: list[str], cwd, env=None, timeout=900) -> subprocess.CompletedProcess:
+        """Like `subprocess.run([python, *args], capture_output=True)`, output all in stdout."""
+        fd, log = tempfile.mkstemp(prefix="run-", suffix=".log")
+        os.close(fd)
+        returncode = self.wait(self.start(args, cwd, env, Path(log)), timeout)
+        output = Path(log).read_text(errors="replace")
+        os.unlink(log)
+        return subprocess.CompletedProcess([sys.executable, *args], returncode, output, "")
+
+
+_WARM_PYTHON: WarmPython | None = None
+
+
+def warm_python() -> WarmPython:
+    """This pytest worker's warm Python, started at its first training run."""
+    global _WARM_PYTHON
+    if _WARM_PYTHON is None:
+        _WARM_PYTHON = WarmPython()
+    return _WARM_PYTHON
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -265,16 +431,18 @@ def train_in_process(cfg: dict, path: Path, *probe_args: str) -> Run:
     return Run(proc, cfg)
 
 
-def spin_release_file(path: Path, rows: list[dict], reply: str) -> Path:
+def spin_release_file(path: Path, rows: list[dict], reply: str, real_on=()) -> Path:
     """A parquet file in the SPIN authors' released layout (UCLA-AGI/SPIN_iter{t}): per row,
-    `real` and `generated` message lists; here `generated` answers every prompt with `reply`."""
+    `real` and `generated` message lists; here `generated` answers every prompt with `reply`,
+    except the rows numbered in `real_on`, whose `generated` is the real answer (y' = y)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     records = []
-    for row in rows:
+    for index, row in enumerate(rows):
         *prompt, answer = row["messages"]
-        records.append({"real": [*prompt, answer], "generated": [*prompt, {"role": "assistant", "content": reply}]})
+        generated = answer if index in real_on else {"role": "assistant", "content": reply}
+        records.append({"real": [*prompt, answer], "generated": [*prompt, generated]})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(records), str(path))
     return path
@@ -284,34 +452,120 @@ def train_in_process_all(runs: list[tuple[dict, Path, tuple[str, ...]]], paralle
     """`train_in_process` for several (cfg, config path, probe args), `parallel` at a time.
 
     Each run is its own process (no state shared between runs); one thread each, so
-    two runs share a 2-core machine instead of queueing on their imports.
+    two runs share a 2-core machine instead of queueing on one core.
     """
-    import time
-
+    warm = warm_python()
     pending, running, done = list(enumerate(runs)), [], {}
     while pending or running:
         while pending and len(running) < parallel:
             index, (cfg, path, probe_args) = pending.pop(0)
             config = write_config(cfg, path)
-            log = open(path.with_suffix(".log"), "w+")
-            proc = subprocess.Popen(
-                [sys.executable, RUN_TRAIN, str(config), *probe_args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=_env({"OMP_NUM_THREADS": "1"}),
-                cwd=str(path.parent),
-            )
-            running.append((index, cfg, proc, log))
+            log = path.with_suffix(".log")
+            args = [RUN_TRAIN, str(config), *probe_args]
+            if "--hide-selfplay" in probe_args:
+                # "as if the package were not installed": a process that never imported it
+                with open(log, "w") as out:
+                    proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                                            env=_env({"OMP_NUM_THREADS": "1"}), cwd=str(path.parent))
+                poll = proc.poll
+            else:
+                pid = warm.start(args, path.parent, {"OMP_NUM_THREADS": "1"}, log)
+                poll = functools.partial(warm.poll, pid)
+            running.append((index, cfg, poll, log))
         for item in list(running):
-            index, cfg, proc, log = item
-            if proc.poll() is not None:
-                log.seek(0)
-                done[index] = Run(subprocess.CompletedProcess(proc.args, proc.returncode, log.read(), ""), cfg)
-                log.close()
+            index, cfg, poll, log = item
+            returncode = poll()
+            if returncode is not None:
+                done[index] = Run(subprocess.CompletedProcess([RUN_TRAIN], returncode, log.read_text(), ""), cfg)
                 running.remove(item)
         time.sleep(0.5)
     return [done[i] for i in range(len(runs))]
+
+
+# -- Axolotl in this process: config loading and data preparation, no model weights ------
+
+
+DEMO_ROWS = [json.loads(line) for line in DEMO_DATA.read_text().splitlines()]
+
+
+@pytest.fixture
+def fresh_axolotl(monkeypatch):
+    """Axolotl's plugin registry and the environment `load_cfg` touches, reset around each test."""
+    from axolotl.integrations.base import PluginManager
+
+    monkeypatch.setattr("sys.argv", ["axolotl"])  # Axolotl's CLI entry points parse it
+    saved_env = dict(os.environ)
+    PluginManager._instance = None
+    if isinstance(getattr(PluginManager, "plugins", None), dict):
+        monkeypatch.setattr(PluginManager, "plugins", {})
+    yield
+    os.environ.clear()
+    os.environ.update(saved_env)
+    PluginManager._instance = None
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fails the test if any model weights are loaded (Axolotl loads models through
+    `from_pretrained`; config-only reads such as `AutoConfig` stay allowed)."""
+    from transformers.modeling_utils import PreTrainedModel
+
+    def refuse(cls, *args, **kwargs):
+        raise AssertionError(f"model weights were loaded: {cls.__name__}.from_pretrained{args}")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """One JSON object per line (the inverse of `read_jsonl`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def chat_entry(path: Path | str, **keys) -> dict:
+    """A `datasets:` entry for chat jsonl that trains the last assistant turn, with `keys` added."""
+    return {**chat_dataset(path), **keys}
+
+
+def base_config_file(tmp_path: Path, model_dir: Path, name: str = "config.yml", **overrides) -> Path:
+    """`base_config(model_dir, tmp_path, **overrides)` written to `tmp_path / name`."""
+    return write_config(base_config(model_dir, tmp_path, **overrides), tmp_path / name)
+
+
+def prepare_data(config_path: Path):
+    """What `axolotl train` does up to the model: Axolotl's config loading, then the plugins'
+    `load_datasets` hook."""
+    from axolotl.cli.config import load_cfg
+    from axolotl.integrations.base import PluginManager
+
+    cfg = load_cfg(str(config_path))
+    return cfg, PluginManager.get_instance().load_datasets(cfg, preprocess=False)
+
+
+def train_in_this_process(config_path: Path):
+    """Axolotl's own `axolotl train` entry point (what each rank runs), in this process
+    (`train_in_process` runs it in a subprocess, with probes)."""
+    from axolotl.cli.train import do_cli
+
+    do_cli(config=str(config_path))
+
+
+def broken_chat_config(tmp_path: Path, model_dir: Path, case: str) -> Path:
+    """A config of 16 demo conversations, one of them broken as `case` says."""
+    rows = [json.loads(json.dumps(r)) for r in DEMO_ROWS[:16]]
+    overrides = {}
+    entry_keys = {}
+    if case == "empty reply":
+        rows[3]["messages"][-1]["content"] = ""
+    elif case == "empty reply, multi-turn, end of turn untrained":
+        rows[3]["messages"] += [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": "  "}]
+        entry_keys["train_on_eos"] = "none"
+    elif case == "truncated away":
+        rows[5]["messages"][0]["content"] = "long " * 80
+        overrides = {"excess_length_strategy": "truncate", "sequence_len": 64}
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    return base_config_file(tmp_path, model_dir, datasets=[chat_entry(path, **entry_keys)], **overrides)
 
 
 def unchanged_parameters(model_dir: Path, output_dir: Path) -> list[str]:
@@ -337,3 +591,25 @@ def assert_rank_stores_agree(dumps: Path | list[dict], examples: int, iteration:
     assert stores[0]["full_digest"] and stores[1]["full_digest"] is None
     return stores
 
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one rank: FSDP2's `fully_shard` on CPU, in this process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def fully_sharded(model):
+    """`model` (a causal LM, or a PEFT model of one) sharded as accelerate's FSDP2 does: every
+    decoder layer, then the root; on the one-rank CPU mesh of `one_process_group`."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (1,))
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in inner.model.layers:
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)

@@ -15,7 +15,7 @@ def test_tiny_model_help_documents_every_option(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option, default in [("--family", "llama"), ("--dropout", "0.0"), ("--vocab-size", "512"),
                             ("--hidden-size", "64"), ("--layers", "2"), ("--seed", "0"),
-                            ("--sft-steps", "0"), ("--sft-lr", "0.003")]:
+                            ("--sft-steps", "0"), ("--sft-lr", "0.003"), ("--log-every", "25")]:
         assert option in text and f"(default: {default})" in text, option
     assert "output_dir folder to write the model and tokenizer to" in text
 

@@ -15,7 +15,9 @@ from conftest import (
     REPO,
     axolotl_train,
     base_config,
+    base_config_file,
     lsp_config,
+    prepare_data,
     with_reward_module,
 )
 
@@ -55,7 +57,8 @@ def test_rl_spin_becomes_selfplay_block_with_defaults(load):
     assert sp["generation"] == {
         "max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
         "do_sample": True, "batch_size": 16, "ds3_gather_for_generation": True, "backend": "hf",
-        "vllm_server_timeout": 240.0,
+        "vllm_weight_transfer": "nccl", "vllm_gpu_memory_utilization": 0.3, "vllm_enable_sleep_mode": False,
+        "vllm_server_timeout": 240.0,  # keys whose default is None are left out
     }
     assert sp["disable_dropout"] is True
     # the official recipe: a fresh schedule and optimizer every iteration, no SFT term
@@ -135,6 +138,18 @@ def test_plain_dpo_config_is_untouched(load):
         (
             {"deepspeed": {"zero_optimization": {"stage": 2}, "scheduler": {"type": "WarmupLR"}}},
             "has a `scheduler` section: DeepSpeed would then own the learning-rate schedule",
+        ),
+        (
+            {"optimizer": "galore_adamw_layerwise", "optim_target_modules": ["q_proj"]},
+            "`optimizer: galore_adamw_layerwise` keeps one optimizer per parameter behind the Trainer's",
+        ),
+        ({"optimizer": "adalomo"}, "Set `selfplay.reset_optimizer: false`"),
+        (
+            # one process or several: outside a gather ZeRO-3's parameters hold no data to swap θ_0 into
+            {"deepspeed": {"zero_optimization": {"stage": 3}},
+             "selfplay": {"kl_to_base": 0.5, "generation": {"ds3_gather_for_generation": False}}},
+            "`selfplay.kl_to_base` with full fine-tuning or a LoRA from `lora_model_dir` cannot be used under "
+            "DeepSpeed ZeRO-3 with `selfplay.generation.ds3_gather_for_generation: false`",
         ),
     ],
 )
@@ -232,13 +247,13 @@ def test_rl_lsp_needs_no_dataset_and_fills_defaults(load_lsp):
     assert lsp["self_reward"] is True and "{query}" in lsp["judge_prompt"]
     assert cfg.max_steps == 3
     # Axolotl requires `datasets:`; the plugin inserted its no-data marker
-    from axolotl_selfplay.data import LSP_NO_DATA
+    from axolotl_selfplay.config import LSP_NO_DATA
 
     assert [d["path"] for d in cfg.datasets] == [LSP_NO_DATA]
 
 
 def test_lsp_games_dataset_cycles_seed_prompts(load_lsp, tmp_path):
-    from axolotl_selfplay.data import GAME_SEED_COLUMN
+    from axolotl_selfplay.data.columns import GAME_SEED_COLUMN
     from axolotl_selfplay.plugin import SelfPlayPlugin
 
     seeds = tmp_path / "topics.jsonl"
@@ -280,6 +295,37 @@ def test_lsp_bad_input_errors_name_the_key(load_lsp, lsp, block, overrides, mess
     assert message in str(error.value)
 
 
+def test_zero3_sharded_scoring_refusals_name_the_keys_and_allow_what_works(load, load_lsp, tmp_path):
+    """θ_0 is swapped into ZeRO-3's weights only inside a gather: refused without one (by
+    `axolotl train`'s config loading), unless nothing is swapped (a fresh LoRA's θ_0 is its
+    adapter switched off; LSP's full fine-tuning reference is a model of its own), or the
+    gather is on."""
+    from axolotl_selfplay.config import check_sharded_starting_model, parse_selfplay_block
+
+    zero3 = {"zero_optimization": {"stage": 3}}
+    sharded = {"ds3_gather_for_generation": False}
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    lora = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_target_linear": True}
+    with pytest.raises(Exception, match="Set `selfplay.generation.ds3_gather_for_generation: true`, or set "
+                                        "`selfplay.kl_to_base: 0`"):
+        load(deepspeed=zero3, lora_model_dir=str(adapter), **lora, selfplay={"kl_to_base": 0.5, "generation": sharded})
+    with pytest.raises(Exception, match="`rl: lsp`'s reference θ_0 .* from `lora_model_dir` cannot be used"):
+        load_lsp(None, {"generation": sharded}, deepspeed=zero3, lora_model_dir=str(adapter), **lora)
+
+    # accepted (a ZeRO-3 config cannot be loaded without a launcher: the check alone)
+    spin = parse_selfplay_block({"type": "spin", "kl_to_base": 0.5, "generation": sharded})
+    check_sharded_starting_model(spin, {"deepspeed": zero3, **lora}.get)  # a fresh LoRA
+    check_sharded_starting_model(spin, {"deepspeed": {"zero_optimization": {"stage": 2}}}.get)
+    gathered = parse_selfplay_block({"type": "spin", "kl_to_base": 0.5})
+    check_sharded_starting_model(gathered, {"deepspeed": zero3}.get)
+    lsp = parse_selfplay_block({"type": "lsp", "generation": sharded})
+    check_sharded_starting_model(lsp, {"deepspeed": zero3}.get)  # full fine-tuning: its own reference model
+    no_reference = parse_selfplay_block({"type": "lsp", "generation": sharded, "lsp": {
+        "self_reward": False, "kl_beta": 0, "reward_funcs": ["arithmetic.exact_sum"]}})
+    check_sharded_starting_model(no_reference, {"deepspeed": zero3, "lora_model_dir": str(adapter), **lora}.get)
+
+
 def test_lsp_block_is_rejected_with_spin(load):
     with pytest.raises(Exception, match="`selfplay.lsp` only applies to `rl: lsp`"):
         load(selfplay={"lsp": {"num_queries": 4}})
@@ -294,3 +340,29 @@ def test_a_conversation_the_chat_template_rejects_is_named(load, zoo):
     with pytest.raises(ValueError, match=r"row 3 \(line 4 of tiny_chat.jsonl\): the chat template rejects this conversation \(roles \['system', 'user', 'assistant'\]\): Conversation roles must alternate.*no system role"):
         SelfPlayPlugin().load_datasets(cfg)
     SelfPlayPlugin().load_datasets(load(base_model=str(zoo("gemma3"))))  # Gemma-3 folds it into the user turn
+
+
+# -- the `rl:` name ----------------------------------------------------------------
+
+
+def test_misspelt_rl_type_is_named(tmp_path, tiny_model_dir, fresh_axolotl):
+    with pytest.raises(ValueError) as error:
+        prepare_data(base_config_file(tmp_path, tiny_model_dir, rl="spn"))
+    assert "unknown rl type `spn`: did you mean `spin`? (spin, spin_chi2, lsp, or one of Axolotl's: dpo" in str(
+        error.value
+    )
+    assert "selfplay.type" not in str(error.value)
+
+
+def test_axolotl_rl_types_pass_through():
+    from axolotl.utils.schemas.enums import RLType
+
+    from axolotl_selfplay.config import check_rl_name
+
+    axolotl_types = [member.value for member in RLType]
+    for member in RLType:
+        cfg = {"rl": member.value, "selfplay": {"beta": 0.1}}
+        check_rl_name(cfg, axolotl_types)  # Axolotl's values are Axolotl's business, even beside a `selfplay:` block
+        check_rl_name(cfg, None)  # also before Axolotl is imported (`check`'s first stage)
+        assert cfg["rl"] == member.value
+    check_rl_name({"rl": "dpoo"}, axolotl_types)  # no self-play in sight: Axolotl's own enum error will speak

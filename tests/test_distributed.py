@@ -14,12 +14,16 @@ import json
 import math
 import os
 import re
-import socket
 
 import pytest
-from conftest import DEMO_DATA, REPO, assert_rank_stores_agree, axolotl_train, base_config, read_jsonl
+from conftest import DEMO_DATA, REPO, assert_rank_stores_agree, axolotl_train, base_config, free_port, read_jsonl
 
-pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.distributed,
+    # FSDP2's 2-process runs (tests/test_fsdp.py) are 0.21's share
+    pytest.mark.one_version("0.19", why="2 ranks exercise our trainer on DDP and DeepSpeed, not Axolotl"),
+]
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is installed by scripts/setup_env.sh")
 
 ZERO = {
@@ -36,12 +40,6 @@ FP32_AUTO = {"bf16": {"enabled": False}, "fp16": {"enabled": False}, "gradient_a
 # engine, which steps it (accelerate's DummyScheduler path), instead of stepping it itself
 DS_OPTIMIZER = {"optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
                                                           "weight_decay": "auto", "torch_adam": True}}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ZeRO-3 without gathering: generate with synced_gpus; small batches make the ranks'
@@ -89,7 +87,7 @@ def run_two_processes(run_id: str, model_dir, out):
     cfg = base_config(model_dir, out, **overrides)
     dumps = out / "stores"
     dumps.mkdir()
-    launcher = ["--launcher", "torchrun", "--", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    launcher = ["--launcher", "torchrun", "--", "--nproc_per_node", "2", "--master_port", str(free_port())]
     run = axolotl_train(cfg, out / f"{mode}.yml", extra_args=launcher, env=_shim_env({"SELFPLAY_TEST_STORE_DUMP": str(dumps)}), timeout=600)
     assert run.returncode == 0, run.output[-6000:]
     stores = [json.loads((dumps / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -202,7 +200,7 @@ def test_shim_completes_every_zero3_gather():
     script = str(REPO / "tests" / "scripts" / "zero3_gather_check.py")
     torchrun = str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), script, "100"],
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), script, "100"],
         capture_output=True, text=True, env=_env(_shim_env()), timeout=300,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -223,7 +221,7 @@ def test_two_processes_lsp(gather, tmp_path, tied_arithmetic_model_dir, reward_m
     cfg = lsp_config(tied_arithmetic_model_dir, out, ddp_timeout=60, micro_batch_size=1, deepspeed=str(ds_config))
     cfg["selfplay"]["generation"]["ds3_gather_for_generation"] = gather
     cfg["selfplay"]["lsp"].update({"reward_model": str(reward_model_dir)})
-    launcher = ["--launcher", "torchrun", "--", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    launcher = ["--launcher", "torchrun", "--", "--nproc_per_node", "2", "--master_port", str(free_port())]
     run = axolotl_train(cfg, out / "lsp.yml", extra_args=launcher, env=_shim_env(), timeout=600)
     assert run.returncode == 0, run.output[-6000:]
 
@@ -239,3 +237,32 @@ def test_two_processes_lsp(gather, tmp_path, tied_arithmetic_model_dir, reward_m
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
     assert read_jsonl(run.output_dir / "selfplay" / "lsp_samples.jsonl")
     assert (run.output_dir / "model.safetensors").exists()
+
+
+def test_one_process_zero3_kl_to_base(tmp_path, tiny_model_dir):
+    """ZeRO-3 in ONE process with `kl_to_base`. Without the gather for generation the policy's
+    ZeRO-3 parameters hold no data outside a forward, so θ_0 can be neither copied from them nor
+    swapped into them: lp_θ0 was silently lp_θt from iteration 1 on. `axolotl train` now refuses
+    that before the model loads; with the gather, θ_0 scores y at iteration 1 exactly as θ_t
+    did at iteration 0 (where θ_t = θ_0)."""
+    ds_config = tmp_path / "zero3.json"
+    ds_config.write_text(json.dumps({**ZERO["zero3"], **FP32_AUTO}))
+    launcher = ["--launcher", "torchrun", "--", "--nproc_per_node", "1", "--master_port", str(free_port())]
+
+    def run(gather, out):
+        selfplay = {"iterations": 2, "kl_to_base": 0.5,
+                    "generation": {"max_new_tokens": 12, "batch_size": 32, "ds3_gather_for_generation": gather}}
+        cfg = base_config(tiny_model_dir, out, selfplay=selfplay, deepspeed=str(ds_config), ddp_timeout=60)
+        return axolotl_train(cfg, out / "zero3.yml", extra_args=launcher, env=_shim_env(), timeout=600)
+
+    refused = run(False, tmp_path / "sharded")
+    assert refused.returncode != 0
+    assert "cannot be used under DeepSpeed ZeRO-3 with `selfplay.generation.ds3_gather_for_generation: false`" in refused.output
+    assert not refused.output_dir.exists()  # before the model loads, before the output directory
+
+    gathered = run(True, tmp_path / "gathered")
+    assert gathered.returncode == 0, gathered.output[-6000:]
+    first = read_jsonl(gathered.output_dir / "selfplay" / "iter_0.jsonl")
+    second = read_jsonl(gathered.output_dir / "selfplay" / "iter_1.jsonl")
+    assert [r["base_logp_real"] for r in second] == pytest.approx([r["ref_logp_real"] for r in first], abs=1e-3)
+    assert [r["ref_logp_real"] for r in second] != pytest.approx([r["ref_logp_real"] for r in first], abs=1e-3)

@@ -8,7 +8,6 @@ import pytest
 from conftest import (
     LORA,
     Run,
-    axolotl_train,
     lsp_config,
     read_jsonl,
     train_in_process,
@@ -30,12 +29,6 @@ METRICS = [
 ]
 # A reward with spread in every group (answers differ in length), so every step
 # carries signal for both roles whatever the tiny model's arithmetic.
-LENGTH_REWARD = '''
-def answer_length(prompts, completions, **kwargs):
-    return [len(c[0]["content"]) / 4.0 for c in completions]
-'''
-
-
 @pytest.fixture(scope="module")
 def lsp_run(tmp_path_factory, arithmetic_model_dir, reward_model_dir) -> Run:
     """LSP (self-reward on) with every task-reward source: the arithmetic reward
@@ -43,8 +36,7 @@ def lsp_run(tmp_path_factory, arithmetic_model_dir, reward_model_dir) -> Run:
     out = with_reward_module(tmp_path_factory.mktemp("lsp-full"))
     cfg = lsp_config(arithmetic_model_dir, out)
     cfg["selfplay"]["lsp"].update({"reward_model": str(reward_model_dir), "reward_weights": [1.0, 0.5]})
-    run = axolotl_train(cfg, out / "lsp.yml")
-    assert run.returncode == 0, run.output[-5000:]
+    run = train_in_process(cfg, out / "lsp.yml")
     return run
 
 
@@ -87,7 +79,6 @@ def test_lsp_every_parameter_moved_full_finetune(lsp_run, arithmetic_model_dir):
 
 def test_lsp_zero_lora_trains_every_adapter_parameter(tmp_path, arithmetic_model_dir):
     out = with_reward_module(tmp_path)
-    (out / "lengthy.py").write_text(LENGTH_REWARD)
     # seed prompts: each game's Challenger prompt is built from one of these
     seeds = ("Write an addition problem.", "Write an addition problem!")
     (out / "seeds.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in seeds))
@@ -97,7 +88,7 @@ def test_lsp_zero_lora_trains_every_adapter_parameter(tmp_path, arithmetic_model
     cfg["selfplay"]["lsp"].update(
         {
             "self_reward": False,
-            "reward_funcs": ["lengthy.answer_length"],
+            "reward_funcs": ["varied.by_text"],  # distinct answers, distinct rewards: every step moves
             "challenger_prompt": "{seed}",
         }
     )

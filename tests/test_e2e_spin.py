@@ -169,8 +169,7 @@ def test_resume_mid_iteration_matches_uninterrupted_run(tmp_path, tiny_model_dir
         "warmup_ratio": 0.25,
         "selfplay": {"iterations": 2, "learning_rates": [1e-3, 5e-4], "generation": {"max_new_tokens": 12, "batch_size": 32}},
     }
-    full = axolotl_train(base_config(tiny_model_dir, tmp_path / "full", **saving), tmp_path / "full.yml")
-    assert full.returncode == 0, full.output[-5000:]
+    full = train_in_process(base_config(tiny_model_dir, tmp_path / "full", **saving), tmp_path / "full.yml")
     final = dict(full.scalars("train/loss"))[8]
     assert (full.output_dir / "checkpoint-6" / "selfplay_opponents.pt").exists()
     assert (full.output_dir / "checkpoint-6" / "selfplay_eval_opponents.pt").exists()
@@ -198,8 +197,7 @@ def test_resume_mid_iteration_matches_uninterrupted_run(tmp_path, tiny_model_dir
         cfg = base_config(
             tiny_model_dir, out, resume_from_checkpoint=str(full.output_dir / checkpoint), **saving
         )
-        resumed = axolotl_train(cfg, out.with_suffix(".yml"))
-        assert resumed.returncode == 0, resumed.output[-5000:]
+        resumed = train_in_process(cfg, out.with_suffix(".yml"))
         losses = dict(resumed.scalars("train/loss"))
         assert losses[8] == pytest.approx(final, abs=1e-5), (checkpoint, losses, final)
         resumed_lrs = dict(resumed.scalars("train/learning_rate"))

@@ -1,4 +1,6 @@
-"""`generation.backend: vllm` against a CPU stand-in of the vLLM server.
+"""`generation.vllm_weight_transfer: nccl` (TRL's client, `axolotl vllm-serve`) against a CPU stand-in
+of the vLLM server. NCCL needs GPUs, so this is the one part the real engine's tests
+(test_vllm_colocate.py, test_vllm_server.py: vLLM's CPU build) cannot run; they cover the rest.
 
 The stand-in (tests/vllm_standin/server.py) answers the HTTP protocol of the server
 that the installed Axolotl ships, through TRL's real VLLMClient; only the NCCL
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,21 +21,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import LORA, REPO, axolotl_train, base_config, lsp_config, read_jsonl, with_reward_module
+from conftest import LORA, REPO, axolotl_train, base_config, free_port, lsp_config, read_jsonl, with_reward_module
 
 pytestmark = pytest.mark.e2e
 STANDIN = REPO / "tests" / "vllm_standin"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class StandIn:
     def __init__(self, model_dir: Path, eos: int | None = None):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
@@ -163,10 +158,10 @@ def test_missing_server_is_one_clear_error(monkeypatch):
     except ImportError:  # older TRL layout
         from trl.extras import vllm_client
 
-    from axolotl_selfplay.vllm_backend import VLLMServer
+    from axolotl_selfplay.sampling.vllm import VLLMServer
 
     monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)  # as the stand-in does
-    port = _free_port()
+    port = free_port()
     with pytest.raises(ConnectionError) as error:
         VLLMServer({"vllm": {"host": "127.0.0.1", "port": port}}, SimpleNamespace(is_main_process=True), timeout=1)
     message = str(error.value)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from array import array
 
 import pytest
 import torch
+from conftest import free_port
 
-from axolotl_selfplay.opponent import IDENTICAL, USABLE, Opponent, OpponentStore
+from axolotl_selfplay.spin.store import IDENTICAL, USABLE, Opponent, OpponentStore
 
 EOS = 2
 PROMPTS = [[1, 10 + i, 11 + i] for i in range(7)]
@@ -39,10 +39,7 @@ def _single_store():
 
 
 def _in_processes(target, tmp_path, world: int = 2):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     torch.multiprocessing.start_processes(_worker, args=(world, target, str(tmp_path)), nprocs=world, start_method="fork")
 
 
@@ -118,7 +115,7 @@ def test_store_keeps_int32_tokens():
 def _theta0_on_rank(rank, world, tmp):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from axolotl_selfplay.reference import StartingModel
+    from axolotl_selfplay.scoring.starting_model import StartingModel
 
     torch.manual_seed(0)  # the same model on both ranks, as DDP / DeepSpeed replicate it
     model = LlamaForCausalLM(LlamaConfig(vocab_size=61, hidden_size=16, intermediate_size=24, num_hidden_layers=1,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from axolotl_selfplay.logprobs import IGNORE_INDEX, pad_sequences, sequence_logps
+from axolotl_selfplay.batching import IGNORE_INDEX, pad_sequences
 from axolotl_selfplay.losses import (
     mean_over_candidates,
     mix_reference,
@@ -17,6 +17,7 @@ from axolotl_selfplay.losses import (
     spin_chi2_loss,
     spin_loss,
 )
+from axolotl_selfplay.scoring.logprobs import sequence_logps
 
 
 def _t(*values):

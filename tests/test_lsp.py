@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from axolotl_selfplay.losses import k3_kl, lsp_advantages, lsp_policy_loss
-from axolotl_selfplay.rewards import (
+from axolotl_selfplay.lsp.rewards import (
     call_reward_func,
     judge_request,
     load_reward_funcs,
@@ -116,6 +116,69 @@ def test_judge_request_fills_both_slots_once():
     assert judge_request(template, "say {answer}", "42") == "Q: say {answer}\nA: 42\nScore?"
 
 
+@pytest.mark.parametrize("family", ["zephyr", "mistral"])
+def test_lsp_prompts_are_tokenized_as_axolotls_sft_rows(family, zoo):
+    """The Challenger's, the Solver's and the judge's prompts are user turns rendered with the chat
+    template and tokenized as Axolotl tokenizes an SFT conversation: token for token the prompt of
+    the row Axolotl would make of that turn and a reply, split as the trainer splits it. So <s>
+    stands exactly where the template puts it (zephyr's template has none, Mistral's one), and a
+    query sampled with SentencePiece's "▁" prefix reads back as the same text in the Solver's prompt."""
+    from axolotl.prompt_strategies import load as load_prompt_strategy
+    from axolotl.utils.dict import DictDefault
+    from transformers import AutoTokenizer
+
+    from axolotl_selfplay.data.split import generation_end_ids, split_prompt_response
+    from axolotl_selfplay.lsp.rollout import chat_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo(family))
+    cfg = DictDefault({"base_model": str(zoo(family)), "sequence_len": 512, "chat_template": "tokenizer_default"})
+    entry = DictDefault({"type": "chat_template", "roles_to_train": ["assistant"], "train_on_eos": "turn"})
+    strategy = load_prompt_strategy("chat_template", tokenizer, cfg, entry)
+
+    def sft_prompt(text):
+        chat = [{"role": "user", "content": text}, {"role": "assistant", "content": "5"}]
+        row = strategy.tokenize_prompt({"messages": chat})
+        return split_prompt_response(row["input_ids"], row["labels"], generation_end_ids(cfg, tokenizer))[0]
+
+    query = tokenizer("What is 2 plus 3?", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    query_text = tokenizer.decode(query, skip_special_tokens=True).strip()  # as LSPRollout.decode reads it
+    assert query_text == "What is 2 plus 3?"
+    judge = judge_request("Rate the answer.\nQ: {query}\nA: {answer}\nScore: 0-7", query_text, "5")
+    for text in ("Write an addition problem.", query_text, judge):
+        ids = chat_prompt(tokenizer, text)
+        assert ids == sft_prompt(text)
+        assert ids.count(tokenizer.bos_token_id) == (1 if family == "mistral" else 0)
+
+
+def test_lsp_prompts_get_chat_template_kwargs(zoo):
+    """Axolotl renders SFT rows with `chat_template_kwargs` (Qwen3's `enable_thinking: false`
+    empties the thinking block); LSP's Challenger, Solver and judge prompts get them too."""
+    from axolotl.prompt_strategies import load as load_prompt_strategy
+    from axolotl.utils.dict import DictDefault
+    from transformers import AutoTokenizer
+
+    from axolotl_selfplay.data.split import generation_end_ids, split_prompt_response
+    from axolotl_selfplay.lsp.rollout import chat_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo("qwen2.5"))
+    # a template that reads a kwarg, in every rendering (as Qwen3's `enable_thinking`)
+    tokenizer.chat_template = (
+        "{%- if enable_thinking is defined and not enable_thinking %}{{- 'No thinking. ' }}{%- endif %}"
+        + tokenizer.chat_template
+    )
+    kwargs = {"enable_thinking": False}
+    assert tokenizer.decode(chat_prompt(tokenizer, "Hi", kwargs)).startswith("No thinking. ")
+    assert "No thinking" not in tokenizer.decode(chat_prompt(tokenizer, "Hi"))
+    cfg = DictDefault({"base_model": str(zoo("qwen2.5")), "sequence_len": 512, "chat_template": "tokenizer_default",
+                       "chat_template_kwargs": kwargs})
+    entry = DictDefault({"type": "chat_template", "roles_to_train": ["assistant"], "train_on_eos": "turn"})
+    row = load_prompt_strategy("chat_template", tokenizer, cfg, entry).tokenize_prompt(
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "5"}]}
+    )
+    sft_prompt = split_prompt_response(row["input_ids"], row["labels"], generation_end_ids(cfg, tokenizer))[0]
+    assert chat_prompt(tokenizer, "Hi", kwargs) == sft_prompt
+
+
 @pytest.fixture
 def reward_module(tmp_path, monkeypatch):
     (tmp_path / "toy_rewards.py").write_text(
@@ -160,7 +223,7 @@ def test_reward_funcs_load_from_the_working_directory_and_combine(reward_module)
         ("missing_module.fn", "cannot import module `missing_module`"),
         ("toy_rewards.nope", "has no function `nope`"),
         ("toy_rewards.NOT_A_FUNCTION", "has no function `NOT_A_FUNCTION`"),
-        ("toy_rewards.one_argument", "must accept (prompts, completions"),
+        ("toy_rewards.one_argument", "cannot receive `completions` by keyword"),
     ],
 )
 def test_reward_func_loading_errors_name_the_entry(reward_module, name, message):

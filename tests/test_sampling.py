@@ -1,21 +1,23 @@
 """Samples come from π_θ as configured: nothing from the checkpoint's generation config,
 distinct vLLM samples for equal prompts, every sampling parameter and the stop tokens sent,
-and no dropout in the forwards that are compared."""
+no dropout in the forwards that are compared, the cut at end of turn, and the same samples
+and scores whatever the batching."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper
 
-from axolotl_selfplay.generation import generate_responses
 from axolotl_selfplay.modeling import disable_dropout
-from axolotl_selfplay.sampling import SamplingSpec
-from axolotl_selfplay.vllm_backend import VLLMServer, group_equal_prompts
+from axolotl_selfplay.sampling.hf import generate_responses
+from axolotl_selfplay.sampling.spec import SamplingSpec, cut_at_eos
+from axolotl_selfplay.sampling.vllm import VLLMServer, group_equal_prompts
 
 EOS = 2
 PROMPT = [1, 40, 41, 42]
@@ -121,6 +123,40 @@ def test_vllm_equal_prompts_get_distinct_samples_in_prompt_order():
     assert len({r["seed"] for r in client.requests}) == 3
 
 
+class FakePushClient:
+    def __init__(self):
+        self.calls = []
+
+    def init_communicator(self, device):
+        self.calls.append("init")
+
+    def update_named_param(self, name, tensor):
+        self.calls.append(name)
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset")
+
+
+@pytest.mark.parametrize("main", [True, False])
+def test_vllm_push_walks_the_weights_on_every_rank(main, monkeypatch):
+    """Under FSDP2 each tensor is gathered by a collective: a rank that skipped the walk would
+    leave the main process waiting forever. Only the main process talks to the server."""
+    walked = []
+
+    def named_weights(model):
+        for name in ("a", "b"):
+            walked.append(name)  # under FSDP2: full_tensor(), a collective
+            yield name, torch.zeros(1)
+
+    monkeypatch.setattr("axolotl_selfplay.sampling.vllm.vllm_named_weights", named_weights)
+    server = _server(FakePushClient())
+    server.accelerator = SimpleNamespace(is_main_process=main, device="cpu", wait_for_everyone=lambda: None)
+    server._communicator_ready = False
+    server.push_weights(torch.nn.Linear(1, 1))
+    assert walked == ["a", "b"]
+    assert server.client.calls == (["init", "a", "b", "reset"] if main else [])
+
+
 def test_group_equal_prompts():
     groups = group_equal_prompts([[1], [2], [1], [3], [2], [1]])
     assert groups == [([(1,)], [[0, 2, 5]]), ([(2,)], [[1, 4]]), ([(3,)], [[3]])]
@@ -159,3 +195,39 @@ def test_disable_dropout_makes_train_mode_forwards_deterministic(tiny_model_dir,
     eval_logits = forward()
     model.train()
     assert torch.allclose(forward(), eval_logits, atol=1e-6)  # train mode = eval mode now
+
+
+def test_cut_at_eos():
+    assert cut_at_eos([5, 6, EOS, 0, 0], {EOS}) == ([5, 6, EOS], False)
+    assert cut_at_eos([5, 6, 7], {EOS}) == ([5, 6, 7], True)  # truncated: kept, no EOS appended
+    assert cut_at_eos([5, 0, 7], {EOS}) == ([5, 0, 7], True)  # a generated pad id is content
+    assert cut_at_eos([5, 3, 7], {EOS, 3}) == ([5, 3], False)
+
+
+def test_generation_is_batch_invariant_and_seeded(tiny_model_dir):
+    """Length-sorted left-padded batches give the same greedy output as one prompt at a
+    time, in the caller's order; sampling with the same seed repeats exactly and
+    leaves the global RNG untouched."""
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_selfplay.sampling.hf import generate_responses
+    from axolotl_selfplay.sampling.spec import SamplingSpec
+    from axolotl_selfplay.scoring.logprobs import score_responses
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    prompts = [[1, 40, 41, 42, 43, 44], [1, 45], [1, 46, 47, 48]]
+    kwargs = dict(pad_token_id=0, eos_token_ids={EOS}, seed=7)
+    greedy, sampled = SamplingSpec.greedy(6), SamplingSpec(max_new_tokens=6)
+    batched = generate_responses(model, prompts, spec=greedy, batch_size=3, **kwargs)
+    single = [generate_responses(model, [p], spec=greedy, batch_size=1, **kwargs)[0] for p in prompts]
+    assert batched == single
+    state = torch.random.get_rng_state()
+    first = generate_responses(model, prompts, spec=sampled, batch_size=2, **kwargs)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert generate_responses(model, prompts, spec=sampled, batch_size=2, **kwargs) == first
+    model.train()
+    responses = [tokens for tokens, _ in batched]
+    scores = score_responses(model, prompts, responses, pad_token_id=0, batch_size=2)
+    assert model.training  # scoring restores train mode
+    one_by_one = [score_responses(model, [p], [r], pad_token_id=0, batch_size=1)[0] for p, r in zip(prompts, responses)]
+    assert scores == pytest.approx(one_by_one, abs=1e-4)

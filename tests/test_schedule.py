@@ -1,4 +1,5 @@
-"""The per-iteration learning-rate schedule and optimizer reset (schedule.py), without a trainer.
+"""The iterations in optimizer steps (StepPlan), the per-iteration learning-rate schedule and
+optimizer reset (schedule.py), without a trainer.
 
 The "trainer" below does what HF's loop does with a scheduler: read the learning rate
 the step uses, step the optimizer, step the scheduler; the self-play trainer calls
@@ -7,12 +8,15 @@ the step uses, step the optimizer, step the scheduler; the self-play trainer cal
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
 from axolotl_selfplay.schedule import (
     IterationSchedule,
+    StepPlan,
     at_iteration_start,
     find_iteration_schedule,
     iteration_warmup_steps,
@@ -90,9 +94,8 @@ def test_resume_mid_iteration_lands_on_the_same_schedule_position():
 @pytest.mark.parametrize("kind", ["one_cycle", "jagged", "rex"])
 def test_any_axolotl_scheduler_restarts(kind):
     """Rewinding through the state dict restarts schedulers that are not HF lambdas too."""
-    from torch.optim.lr_scheduler import OneCycleLR
-
     from axolotl.utils.schedulers import JaggedLRRestartScheduler, RexLR
+    from torch.optim.lr_scheduler import OneCycleLR
 
     weights, optimizer = _optimizer()
     if kind == "one_cycle":
@@ -159,3 +162,202 @@ def test_iteration_warmup_steps(cfg, steps, expected):
 )
 def test_at_iteration_start(epoch, iteration, e, expected):
     assert at_iteration_start(epoch, iteration, e) is expected
+
+
+def test_schedule_with_a_longer_max_steps():
+    longer = StepPlan(examples=64, iterations=2, epochs_per_iteration=1, steps_per_epoch=4, max_steps=12)
+    assert longer.iterations_run == 2
+    assert "the last 4 steps train again on iteration 1's opponents" in longer.warning()
+    assert StepPlan(64, 2, 1, 4, 8).warning() is None and StepPlan(64, 2, 1, 4, None).warning() is None
+    assert StepPlan(64, 3, 2, 4, 16).iterations_run == 2  # 8 steps per iteration
+
+
+# -- reset_optimizer for every optimizer family Axolotl builds ------------------------------
+
+
+class _Tiny(torch.nn.Module):
+    """Named like a causal LM's parts, which Axolotl's Muon and Dion sort into their groups: an
+    embedding and lm_head (AdamW), a 64×80 matrix (Muon / Dion; over bitsandbytes' 4096-element
+    minimum for 8-bit state) and a norm (AdamW)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(20, 16)
+        self.proj = torch.nn.Linear(64, 80)
+        self.norm = torch.nn.LayerNorm(80)
+        self.lm_head = torch.nn.Linear(16, 20, bias=False)
+
+
+def _hf(name, **args):
+    """transformers' optimizer `name`, built as the Trainer builds it (Axolotl passes `optimizer:` on)."""
+
+    def build(model):
+        from transformers import Trainer, TrainingArguments
+
+        training_args = TrainingArguments(output_dir="unused", optim=name, learning_rate=1e-2, weight_decay=0.01,
+                                          report_to=[], **args)
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+        return cls(model.parameters(), **kwargs)
+
+    return build
+
+
+def _axolotl(name):
+    """Axolotl's own optimizer `name`, with the arguments Axolotl's builder passes it."""
+    adam = {"lr": 1e-2, "weight_decay": 0.01, "betas": (0.9, 0.95)}
+
+    def build(model):
+        args = None  # Axolotl's training arguments: unused by these factories
+        if name == "muon":
+            from axolotl.contribs.mit.muon import MuonOptimizerFactory
+
+            return MuonOptimizerFactory()(model, args, **adam)
+        if name == "muon (with a device mesh: DistMuon)":
+            from axolotl.contribs.mit.muon.dist_muon import DistMuonOptimizerFactory
+
+            return DistMuonOptimizerFactory()(model, args, device_mesh=None, **adam)
+        if name == "muon_8bit":
+            muon_8bit = pytest.importorskip("axolotl.utils.optimizers.muon_8bit", reason="Axolotl >= 0.21")
+            return muon_8bit.Muon8bitOptimizerFactory()(model, args, device_mesh=None, **adam)
+        if name == "dion":
+            from axolotl.contribs.mit.dion import DionOptimizerFactory
+
+            return DionOptimizerFactory()(model, args, dion_lr=1e-2, dion_mu=0.95, lr=1e-2, weight_decay=0.01)
+        if name == "sinkgd":
+            from axolotl.utils.optimizers.sinkgd import SinkGDOptimizerFactory
+
+            return SinkGDOptimizerFactory()(model, args, **adam)
+        if name == "adopt_adamw":
+            from axolotl.utils.optimizers.adopt import ADOPT
+
+            return ADOPT(model.parameters(), decouple=True, **adam)
+        if name == "adamc":
+            from axolotl.utils.optimizers.adamc import AdamC
+
+            return AdamC(model.parameters(), **adam)
+        assert name == "ao_adamw_fp8"
+        from torchao.optim.adam import AdamWFp8
+
+        return AdamWFp8(model.parameters(), **adam)
+
+    return build
+
+
+HF_FAMILIES = [
+    "adamw_torch", "adamw_torch_fused", "adafactor", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "adagrad",
+    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "schedule_free_radam", "schedule_free_adamw",
+    "schedule_free_sgd",
+]
+AXOLOTL_FAMILIES = ["muon", "muon (with a device mesh: DistMuon)", "muon_8bit", "dion", "sinkgd", "adopt_adamw",
+                    "adamc", "ao_adamw_fp8"]
+FAMILIES = {
+    **{name: _hf(name) for name in HF_FAMILIES},
+    "sgd": _hf("sgd", optim_args="momentum=0.9"),
+    **{name: _axolotl(name) for name in AXOLOTL_FAMILIES},
+}
+
+
+def _grads(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        param.grad = torch.randn(param.shape, generator=generator)
+
+
+def _steps(model, optimizer, seeds):
+    torch.manual_seed(7)  # Dion draws its low-rank factor from the global RNG when its state starts
+    for seed in seeds:
+        if hasattr(optimizer, "train"):
+            optimizer.train()  # schedule-free: as the Trainer does before every training step
+        _grads(model, seed)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_reset_optimizer_steps_as_a_newly_built_one(family):
+    """For each optimizer family, after an iteration's steps and a reset, the next steps equal
+    those of the same optimizer newly built on the same weights: moving averages, step counts,
+    the schedule-free optimizers' group counters (k, weight sum, peak learning rate), Dion's
+    and DistMuon's group step, Muon's per-parameter role all as a new optimizer has them."""
+    import copy
+
+    build = FAMILIES[family]
+    torch.manual_seed(0)
+    model = _Tiny()
+    optimizer = build(model)
+    _steps(model, optimizer, (0, 1, 2))
+    assert reset_optimizer_state(optimizer) > 0 or family == "sgd" and not optimizer.state
+    fresh_model = copy.deepcopy(model)
+    fresh = build(fresh_model)
+    _steps(model, optimizer, (10, 11, 12))
+    _steps(fresh_model, fresh, (10, 11, 12))
+    for (name, param), fresh_param in zip(model.named_parameters(), fresh_model.parameters()):
+        assert torch.equal(param.detach(), fresh_param.detach()), (family, name)
+
+
+def test_the_refusal_list_is_the_tested_list():
+    """`reset_optimizer` is refused before the model loads for any `optimizer:` not tested above."""
+    from axolotl_selfplay.config import RESETTABLE_OPTIMIZERS
+
+    tested = {name.split(" ")[0] for name in FAMILIES}
+    assert set(RESETTABLE_OPTIMIZERS) == tested
+
+
+@pytest.mark.parametrize("family", ["paged_adamw_8bit", "paged_adamw_32bit", "paged_lion_8bit", "paged_ademamix_8bit"])
+def test_reset_of_a_paged_optimizer_allocates_no_new_paged_buffer(family):
+    """bitsandbytes never frees a paged buffer (CUDA managed memory, kept in its GlobalPageManager),
+    so the reset refills the ones it has. On CPU bitsandbytes allocates ordinary tensors; the
+    buffers are marked paged here as `get_paged` marks them on a GPU."""
+    from bitsandbytes.functional import GlobalPageManager
+
+    torch.manual_seed(0)
+    model = _Tiny()
+    optimizer = FAMILIES[family](model)
+    _steps(model, optimizer, (0, 1))
+    paged = {}
+    for param, state in optimizer.state.items():
+        for key in ("state1", "state2"):
+            if key in state:
+                state[key].is_paged = True
+                paged[param, key] = state[key]
+    assert paged
+    managed = len(GlobalPageManager.get_instance().paged_tensors)
+    reset_optimizer_state(optimizer)
+    for (param, key), buffer in paged.items():
+        assert optimizer.state[param][key] is buffer and not buffer.any()  # the same buffer, as new
+        assert optimizer.state[param]["step"] == 0
+    assert len(GlobalPageManager.get_instance().paged_tensors) == managed
+
+
+@pytest.mark.parametrize(
+    "optimizer, deepspeed_optimizer, refused",
+    [
+        (None, None, None),  # Axolotl's default, adamw_torch_fused
+        ("paged_adamw_8bit", None, None),
+        ("galore_adamw_layerwise", None, "keeps one optimizer per parameter"),
+        ("adalomo", None, "outside `optimizer.state`"),
+        ("came_pytorch", None, "is not one it is verified for"),
+        ("adamw_torch", "AdamW", None),  # DeepSpeed's optimizer section replaces `optimizer:`
+        ("adamw_torch", "OneBitAdam", "builds `onebitadam`"),
+    ],
+)
+def test_reset_optimizer_is_refused_where_it_is_not_verified(tmp_path, optimizer, deepspeed_optimizer, refused):
+    import json
+
+    from axolotl_selfplay.config import check_reset_optimizer, parse_selfplay_block
+
+    cfg = {"optimizer": optimizer}
+    if deepspeed_optimizer:
+        path = tmp_path / "ds.json"
+        path.write_text(json.dumps({"optimizer": {"type": deepspeed_optimizer}}))
+        cfg["deepspeed"] = str(path)
+    sp = parse_selfplay_block({"type": "spin"})
+    if refused is None:
+        check_reset_optimizer(sp, cfg.get)
+        return
+    with pytest.raises(ValueError, match=r"`selfplay.reset_optimizer: true`.*" + re.escape(refused)) as error:
+        check_reset_optimizer(sp, cfg.get)
+    assert "Set `selfplay.reset_optimizer: false`" in str(error.value)
+    check_reset_optimizer(parse_selfplay_block({"type": "spin", "reset_optimizer": False}), cfg.get)
+    check_reset_optimizer(parse_selfplay_block({"type": "lsp"}), cfg.get)  # LSP has no iterations

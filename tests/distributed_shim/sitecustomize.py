@@ -29,6 +29,10 @@ shared/research/deepspeed_cpu.md; none is needed on GPUs):
    on CPU with gloo). transformers' full-state-dict gather for the final save
    (`get_model_state_dict(..., cpu_offload=True)`) fails on CPU tensors ("invalid python
    storage"): gather each DTensor with `full_tensor()` instead.
+6. Axolotl starts DeepSpeed's process group itself in a one-process run, asking for "nccl":
+   ask for "gloo" (a one-process ZeRO-3 run on CPU).
+7. Resuming a DDP run: HF loads the optimizer state with map_location "cpu:0" (the CPU
+   rank's device), which torch cannot restore to: map it to "cpu".
 It also skips DeepSpeed's JIT build of an inference-only shared-memory op (45 s).
 
 With SELFPLAY_TEST_STORE_DUMP=DIR every rank writes to DIR/rank{RANK}.json a digest of
@@ -95,6 +99,22 @@ if "LOCAL_RANK" in os.environ:
 
                 setattr(backend.TorchBackend, name, make(fn))
 
+        def _patch_deepspeed_init():
+            import importlib
+
+            try:
+                comm = importlib.import_module("deepspeed.comm.comm")
+            except ImportError:
+                return
+            original = comm.init_distributed
+
+            @functools.wraps(original)
+            def init_distributed(dist_backend=None, *args, **kwargs):
+                return original("gloo" if dist_backend == "nccl" else dist_backend, *args, **kwargs)
+
+            comm.init_distributed = init_distributed
+            importlib.import_module("deepspeed.comm").init_distributed = init_distributed
+
         def _patch_device_map():
             from transformers import modeling_utils
 
@@ -145,8 +165,23 @@ if "LOCAL_RANK" in os.environ:
 
             Accelerator.get_state_dict = get_state_dict_on_cpu
 
+        def _patch_checkpoint_map_location():
+            # HF loads a resumed checkpoint's optimizer with map_location=args.device, which a
+            # CPU rank reports as "cpu:0"; torch cannot restore storages to an indexed CPU device.
+            original = torch.load
+
+            @functools.wraps(original)
+            def load(*args, map_location=None, **kwargs):
+                if isinstance(map_location, (str, torch.device)) and str(map_location).startswith("cpu:"):
+                    map_location = "cpu"
+                return original(*args, map_location=map_location, **kwargs)
+
+            torch.load = load
+
         _patch_accelerate()
+        _patch_checkpoint_map_location()
         _patch_deepspeed_collectives()
+        _patch_deepspeed_init()
         _patch_device_map()
         _patch_fsdp()
         torch.cuda.can_device_access_peer = lambda device, peer: False

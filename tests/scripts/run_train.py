@@ -9,11 +9,20 @@ axolotl.cli.train` runs on each rank), with two test probes:
                   self-play generation and scoring passes ran
 --cpu-bf16        let `bf16: true` train on a CPU: transformers refuses bf16 without
                   `use_cpu`, a TrainingArguments field Axolotl never sets
+--kill-at P:N[@R] SIGKILL the run at the N-th time (1-based, counted in this process) it
+                  reaches point P (on rank R only, default every rank), as a preemption or
+                  the OOM killer would: `step` (a training step starts), `store` (the SPIN
+                  opponent store's save starts, inside a checkpoint save), `trainer-state`
+                  (HF writes trainer_state.json: half of it is written, then the kill),
+                  `rotate` (HF starts deleting older checkpoints). A single process kills
+                  its whole process group; under torchrun only the rank itself dies and
+                  torchrun takes the others down.
 
 Prints `PLUGINS=[...]` (the plugins Axolotl registered) at the end.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -51,8 +60,10 @@ def report_params(path):
 
 
 def probe_attention(path):
-    from axolotl_selfplay import generation, rewards
-    from axolotl_selfplay.rollouts import lsp, spin
+    from axolotl_selfplay.lsp import rewards
+    from axolotl_selfplay.lsp import rollout as lsp
+    from axolotl_selfplay.sampling import sampler
+    from axolotl_selfplay.spin import rollout as spin
 
     seen = []
 
@@ -65,8 +76,8 @@ def probe_attention(path):
 
         return wrapper
 
-    # the Sampler imports generate_responses when it samples; the rollouts bind their scorers
-    generation.generate_responses = probe(generation.generate_responses)
+    # the names the Sampler and the rollouts call
+    sampler.generate_responses = probe(sampler.generate_responses)
     spin.score_responses = probe(spin.score_responses)
     # rl: lsp: the judge's generations, reference scoring, the reward model
     lsp.generate_responses = probe(lsp.generate_responses)
@@ -80,6 +91,62 @@ def probe_attention(path):
         return score(self, *args, **kwargs)
 
     rewards.RewardModel.__call__ = reward_model_call
+
+
+def kill_at(spec):
+    import os
+    import signal
+
+    point, _, rest = spec.partition(":")
+    count, _, rank = rest.partition("@")
+    if rank and os.environ.get("RANK", "0") != rank:
+        return
+    calls = {"n": 0}
+
+    def kill():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    def reached():
+        calls["n"] += 1
+        return calls["n"] == int(count)
+
+    def before(owner, name, on_kill=None):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            if reached():
+                if on_kill is not None:
+                    on_kill(*args, **kwargs)
+                kill()
+            return original(*args, **kwargs)
+
+        setattr(owner, name, wrapper)
+
+    from transformers import Trainer, TrainerState
+
+    if point == "step":
+        before(Trainer, "training_step")
+    elif point == "store":
+        from axolotl_selfplay.spin.store import OpponentStore
+
+        before(OpponentStore, "save")
+    elif point == "trainer-state":
+        def torn(state, path):
+            text = json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text[: len(text) // 2])
+
+        before(TrainerState, "save_to_json", torn)
+    elif point == "rotate":
+        from transformers import trainer
+
+        before(trainer, "rotate_checkpoints")  # the name Trainer._save_checkpoint calls
+    else:
+        raise SystemExit(f"--kill-at: unknown point {point!r}")
 
 
 def allow_cpu_bf16():
@@ -97,6 +164,7 @@ def main():
     parser.add_argument("--param-report")
     parser.add_argument("--probe-attn")
     parser.add_argument("--cpu-bf16", action="store_true")
+    parser.add_argument("--kill-at")
     args = parser.parse_args()
     if args.hide_selfplay:
         hide_selfplay_entry_point()
@@ -104,6 +172,8 @@ def main():
         report_params(args.param_report)
     if args.probe_attn:
         probe_attention(args.probe_attn)
+    if args.kill_at:
+        kill_at(args.kill_at)
     from axolotl.cli.train import do_cli
 
     if args.cpu_bf16:

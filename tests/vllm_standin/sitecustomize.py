@@ -2,7 +2,7 @@
 
 TRL's VLLMClient refuses to start without the vllm package and sends weights
 over NCCL, which needs GPUs. In every process of the test run this makes TRL
-believe vllm is installed and sends each pushed tensor to the stand-in server
+believe vllm (its GPU build) is installed and sends each pushed tensor to the stand-in server
 (tests/vllm_standin/server.py) over HTTP instead. Everything else — the client's
 HTTP generation requests, our weight naming, LoRA merging, push timing — is the
 code that runs on GPUs.
@@ -31,3 +31,11 @@ if vllm_client is not None:
 
     vllm_client.VLLMClient.init_communicator = init_communicator
     vllm_client.VLLMClient.update_named_param = update_named_param
+
+try:
+    from axolotl_selfplay import config as selfplay_config
+except Exception:  # a process without the plugin
+    selfplay_config = None
+if selfplay_config is not None:
+    # the plugin's check before the model loads: as if vLLM's GPU build were installed (NCCL allowed)
+    selfplay_config.installed_vllm = lambda: ("vllm", (0, 32, 0))
