@@ -58,6 +58,10 @@ CPU = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, process_
 def running_server(command: list[str], port: int, log: Path, health: str, env: dict):
     """`command` started, and stopped after, once `health` on `port` answers."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1", **env}
+    # A colocated engine started earlier in this pytest process (tests/test_vllm_colocate.py) set
+    # VLLM_ENABLE_V1_MULTIPROCESSING=0 here; a server is started from a shell, in vLLM's own process
+    # layout (in-process, `axolotl vllm-serve`'s worker dies in vLLM's CPU kernel registration).
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     with open(log, "w") as handle:
         proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -72,11 +76,27 @@ def running_server(command: list[str], port: int, log: Path, health: str, env: d
             pytest.fail(f"the vLLM server did not start: {log.read_text()[-3000:]}")
         yield SimpleNamespace(port=port, log=log)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the whole group: `axolotl vllm-serve` starts engine processes
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the whole group (`axolotl vllm-serve` starts engine processes), then SIGKILL to
+    whatever is left once the leader is gone or after 60 s. The leader may have exited already (a
+    server that failed to start) while its engine processes live on."""
+    signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass  # the group is empty
 
 
 @pytest.fixture(scope="module")
