@@ -8,7 +8,7 @@ warmed-up tiny Llama (hidden 256, 4 layers: 64-wide heads, which vLLM's CPU atte
 responses of varied lengths (`--long-replies`). Reported separately: the engine's start-up (once
 per run) and a weight load (once per SPIN iteration: the colocated engine's in-place reload; the
 server's safetensors write + `/collective_rpc reload_weights`), then opponents per second of the
-generation itself. `--repeats` runs per generator, the median is used. Ratios measured side by
+generation itself. `--repeats` runs per generator in alternating order, the median is used. Ratios measured side by
 side are the result; absolute numbers on shared CPUs are noise.
 """
 
@@ -125,8 +125,10 @@ def main() -> None:
                 "vLLM colocate": by_vllm(colocated), "vLLM server": by_vllm(server)}
         times = {name: [] for name in runs}
         outputs = {}
-        for _ in range(args.repeats):
-            for name, generate in runs.items():
+        for repeat in range(args.repeats):
+            # the order alternates: whichever runs second would otherwise always find warmer caches
+            order = list(runs.items()) if repeat % 2 == 0 else list(reversed(runs.items()))
+            for name, generate in order:
                 start = time.perf_counter()
                 outputs[name] = generate(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)[0]
                 times[name].append(time.perf_counter() - start)
