@@ -8,8 +8,8 @@ warmed-up tiny Llama (hidden 256, 4 layers: 64-wide heads, which vLLM's CPU atte
 responses of varied lengths (`--long-replies`). Reported separately: the engine's start-up (once
 per run) and a weight load (once per SPIN iteration: the colocated engine's in-place reload; the
 server's safetensors write + `/collective_rpc reload_weights`), then opponents per second of the
-generation itself. `--repeats` runs per generator in alternating order, the median is used. Ratios measured side by
-side are the result; absolute numbers on shared CPUs are noise.
+generation itself. `--repeats` runs per generator in alternating order, the median is used. Ratios
+measured side by side are the result; absolute numbers on shared CPUs are noise.
 """
 
 from __future__ import annotations
