@@ -13,9 +13,12 @@ from conftest import (
     axolotl_train,
     base_config,
     read_jsonl,
+    chat_entry,
     spin_release_file,
     train_in_process,
+    train_in_process_all,
     unchanged_parameters,
+    write_jsonl,
 )
 
 pytestmark = pytest.mark.e2e
@@ -209,6 +212,36 @@ def test_resume_mid_iteration_matches_uninterrupted_run(tmp_path, tiny_model_dir
         if fresh_iteration:
             for name in ("iter_1.jsonl", "eval_iter_1.jsonl"):
                 assert read_jsonl(resumed.output_dir / "selfplay" / name) == read_jsonl(full.output_dir / "selfplay" / name)
+
+
+def test_schedule_free_iterations_start_from_the_same_weights_with_or_without_evaluation(tmp_path, tiny_model_dir):
+    """A schedule-free optimizer keeps two points in the weights: where its steps are taken and
+    the averaged weights HF evaluates with (left in place after an evaluation). θ_t is the point
+    training continues from whether or not an evaluation ran just before the iteration boundary,
+    so the iteration's first loss is ln 2 and an evaluation changes nothing in training. Before,
+    an evaluation at the boundary made θ_t the averaged weights: with the optimizer reset the run
+    went on from other weights than without the evaluation; without the reset, training went on
+    from the other point (first loss 0.6888)."""
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", DEMO_ROWS[:8])
+    evaluate = {"test_datasets": [chat_entry(heldout, split="train")], "eval_strategy": "steps", "eval_steps": 4,
+                "eval_batch_size": 8}
+    runs = []
+    for name, reset, extra in (("plain", True, {}), ("evaluated", True, evaluate), ("kept", False, evaluate)):
+        cfg = base_config(tiny_model_dir, tmp_path / name, optimizer="schedule_free_adamw", **extra)
+        cfg["selfplay"]["reset_optimizer"] = reset
+        runs.append((cfg, tmp_path / f"{name}.yml", ()))
+    plain, evaluated, kept = train_in_process_all(runs)
+    for run in (plain, evaluated, kept):
+        assert run.returncode == 0, run.output[-5000:]
+    assert dict(evaluated.scalars("eval/loss")), "no evaluation ran"
+    losses = {name: dict(run.scalars("train/loss")) for name, run in (("plain", plain), ("evaluated", evaluated),
+                                                                       ("kept", kept))}
+    assert losses["evaluated"] == pytest.approx(losses["plain"], abs=1e-6)
+    for name in losses:
+        assert len(losses[name]) == 2 * STEPS_PER_ITERATION
+        for first_step in (1, 1 + STEPS_PER_ITERATION):
+            assert losses[name][first_step] == pytest.approx(LN2, abs=1e-5), (name, losses[name])
+
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -218,6 +218,17 @@ class SpinTrainer(SelfPlayTrainerBase):
             count = reset_optimizer_state(self.optimizer)
             LOG.info("self-play iteration %d: optimizer state of %d parameters reset", iteration, count)
 
+    def training_weights(self) -> None:
+        """Put the weights training continues from into the model. A schedule-free optimizer
+        (`schedule_free_adamw`, ...) keeps two points there: the one its steps are taken at
+        (train mode, which HF sets before every training step) and the averaged weights HF
+        evaluates with (eval mode, left in place after an evaluation). θ_t must be the point the
+        next step is taken at, or the iteration would not start at ln 2. Other optimizers have
+        no modes."""
+        train_mode = getattr(self.optimizer, "train", None)
+        if callable(train_mode):
+            train_mode()
+
     # -- iterations ----------------------------------------------------------------
 
     def begin_iteration(self, iteration: int) -> None:
@@ -463,6 +474,7 @@ class _IterationBoundary(TrainerCallback):
         iteration = iteration_of_epoch(epoch, sp.epochs_per_iteration)
         if iteration >= sp.iterations:
             return
+        trainer.training_weights()  # an evaluation may have left a schedule-free optimizer's averaged ones
         if trainer.opponents.iteration != iteration:
             trainer.begin_iteration(iteration)
         elif trainer.eval_opponents is not None and trainer.eval_opponents.iteration != iteration:
