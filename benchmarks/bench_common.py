@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -259,6 +260,13 @@ def write_results(path: Path, name: str, markdown: str) -> None:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (torchrun's master port, a server's port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, add_results_argument, machine, markdown_table, write_results
+from bench_common import REPO, add_results_argument, free_port, machine, markdown_table, write_results
 
 VOCAB = 131072
 HISTORY = 2
@@ -166,13 +166,9 @@ def _theta0_rank(rank: int, world: int, port: int, hidden: int, layers: int, out
 
 
 def theta0(world: int, hidden: int, layers: int, workdir: Path) -> list[dict]:
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = workdir / "theta0"
     out.mkdir(parents=True, exist_ok=True)
     mp.start_processes(_theta0_rank, args=(world, port, hidden, layers, str(out)), nprocs=world, start_method="fork")

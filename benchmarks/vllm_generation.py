@@ -30,16 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import CHAT_DATA as DATA
-from bench_common import add_results_argument, machine, markdown_table, write_results
+from bench_common import add_results_argument, free_port, machine, markdown_table, write_results
 from generation_throughput import long_reply_chats, mixed_prompts, official_style, ours
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model_dir: Path, max_model_len: int, log: Path):

@@ -11,7 +11,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # standard library and yaml.
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
-from benchmarks.bench_common import apply_overrides, axolotl_config, chat_dataset, scalars  # noqa: E402
+from benchmarks.bench_common import apply_overrides, axolotl_config, chat_dataset, free_port, scalars  # noqa: E402
 
 DEMO_DATA = REPO / "example_configs" / "data" / "tiny_chat.jsonl"
 ARITHMETIC_DATA = REPO / "example_configs" / "data" / "arithmetic_sft.jsonl"
@@ -261,13 +260,6 @@ def write_config(cfg: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (torchrun's master port, a stand-in server's port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(extra: dict | None = None) -> dict:
