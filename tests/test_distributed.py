@@ -203,8 +203,8 @@ def test_shim_completes_every_zero3_gather():
         [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), script, "100"],
         capture_output=True, text=True, env=_env(_shim_env()), timeout=300,
     )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "INCOMPLETE=0/200" in proc.stdout, proc.stdout[-2000:]
+    assert "INCOMPLETE=0/200" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("gather", [True, False], ids=["zero3-lsp", "zero3-lsp-sharded-generation"])

@@ -32,6 +32,11 @@ def main():
     torch.distributed.all_gather_object(counts, incomplete)
     if torch.distributed.get_rank() == 0:
         print("INCOMPLETE=" + json.dumps(sum(counts)) + f"/{2 * trials}", flush=True)
+    # Leave together and tear gloo down before the interpreter does: a rank that exits while
+    # its peer's gloo threads still hold the connection can abort in C++ ("terminate called
+    # without an active exception", seen once in CI on a busy machine).
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
