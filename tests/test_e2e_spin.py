@@ -12,8 +12,8 @@ from conftest import (
     Run,
     axolotl_train,
     base_config,
-    read_jsonl,
     chat_entry,
+    read_jsonl,
     spin_release_file,
     train_in_process,
     train_in_process_all,
@@ -225,23 +225,22 @@ def test_schedule_free_iterations_start_from_the_same_weights_with_or_without_ev
     heldout = write_jsonl(tmp_path / "heldout.jsonl", DEMO_ROWS[:8])
     evaluate = {"test_datasets": [chat_entry(heldout, split="train")], "eval_strategy": "steps", "eval_steps": 4,
                 "eval_batch_size": 8}
+    setups = {"plain": (True, {}), "evaluated": (True, evaluate), "kept": (False, evaluate)}  # reset, extra
     runs = []
-    for name, reset, extra in (("plain", True, {}), ("evaluated", True, evaluate), ("kept", False, evaluate)):
+    for name, (reset, extra) in setups.items():
         cfg = base_config(tiny_model_dir, tmp_path / name, optimizer="schedule_free_adamw", **extra)
         cfg["selfplay"]["reset_optimizer"] = reset
         runs.append((cfg, tmp_path / f"{name}.yml", ()))
-    plain, evaluated, kept = train_in_process_all(runs)
-    for run in (plain, evaluated, kept):
+    results = dict(zip(setups, train_in_process_all(runs)))
+    for run in results.values():
         assert run.returncode == 0, run.output[-5000:]
-    assert dict(evaluated.scalars("eval/loss")), "no evaluation ran"
-    losses = {name: dict(run.scalars("train/loss")) for name, run in (("plain", plain), ("evaluated", evaluated),
-                                                                       ("kept", kept))}
+    assert dict(results["evaluated"].scalars("eval/loss")), "no evaluation ran"
+    losses = {name: dict(run.scalars("train/loss")) for name, run in results.items()}
     assert losses["evaluated"] == pytest.approx(losses["plain"], abs=1e-6)
     for name in losses:
         assert len(losses[name]) == 2 * STEPS_PER_ITERATION
         for first_step in (1, 1 + STEPS_PER_ITERATION):
             assert losses[name][first_step] == pytest.approx(LN2, abs=1e-5), (name, losses[name])
-
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
